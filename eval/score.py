@@ -1,0 +1,350 @@
+"""Re-score free-running streaming predictions against stream annotations (SPEC §7).
+
+    python -m eval.score --predictions P.jsonl --references R.jsonl --out M.json \
+        [--table M.md] [--tolerances 1 2 5] [--trigger-tolerance 1] [--caption-tolerance 1]
+
+Inputs (JSON Lines):
+- predictions, one line per video:
+  {"id": ..., "video": ..., "replies": [{"time": s, "text": str, "prob": float}],
+   "error": optional str}
+- references, the canonical stream annotation (SPEC §6):
+  {"video": ..., "query": ..., "turns": [{"time": s, "text": str}], "id": optional}
+
+A reference is matched to the prediction with the same "id" when the reference has an
+"id", otherwise to the prediction with the same "video". Nothing is dropped silently:
+- a reference without a prediction is scored as a video with no replies and listed under
+  counts.missing_prediction_ids;
+- a prediction with an "error" is scored with the replies it has and listed under
+  counts.error_ids;
+- a prediction with no replies is listed under counts.empty_prediction_ids, and replies
+  with empty text are counted (and scored as empty captions);
+- a prediction that matches no reference is listed under counts.unmatched_prediction_ids.
+
+Outputs: the metrics JSON (free-running metrics from eval.metrics, micro and per-video
+mean; caption metrics over the replies matched one-to-one to events within
+--caption-tolerance seconds; counts; per-video scores) and, with --table, a markdown
+rendering written by `write_markdown_table`, which evaluators reuse.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from eval.metrics import (
+    DEFAULT_TOLERANCES,
+    TRIGGER_TOLERANCE,
+    TimedText,
+    aggregate_stream_scores,
+    caption_metrics,
+    match_events,
+    score_stream_video,
+)
+
+logger = logging.getLogger(__name__)
+
+# Longest list of ids rendered inline in the markdown table; the JSON keeps them all.
+_MAX_LISTED = 10
+
+
+def load_jsonl(path: str | Path) -> list[dict]:
+    """Read a JSON Lines file (blank lines skipped); errors name the line."""
+    records = []
+    with open(path, encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}:{line_number}: invalid JSON ({error.msg})") from error
+    return records
+
+
+def _reference_key(reference: Mapping) -> tuple[str, str]:
+    """(field, value) identifying a reference: its "id" when present, else its "video"."""
+    field = "id" if "id" in reference else "video"
+    return field, str(reference[field])
+
+
+def _index(records: Sequence[Mapping], field: str) -> dict[str, list[int]]:
+    """Value of `field` -> positions of the records that carry it."""
+    index: dict[str, list[int]] = {}
+    for position, record in enumerate(records):
+        if field in record:
+            index.setdefault(str(record[field]), []).append(position)
+    return index
+
+
+def _prediction_name(prediction: Mapping) -> str:
+    """How a prediction is named in the counts: its id, else its video."""
+    return str(prediction["id"]) if "id" in prediction else str(prediction["video"])
+
+
+def score_predictions(
+    *,
+    predictions: Sequence[Mapping],
+    references: Sequence[Mapping],
+    tolerances: Sequence[float] = DEFAULT_TOLERANCES,
+    trigger_tolerance: float = TRIGGER_TOLERANCE,
+    caption_tolerance: float = TRIGGER_TOLERANCE,
+    use_meteor: bool = True,
+) -> dict:
+    """Score free-running predictions against references (records as in the module docstring).
+
+    Returns:
+        {"protocol", "settings", "counts", "micro", "per_video_mean",
+         "per_video_mean_num_videos", "captions", "per_video"}.
+    """
+    keys = [_reference_key(reference) for reference in references]
+    duplicates = sorted(key for key, count in Counter(keys).items() if count > 1)
+    if duplicates:
+        raise ValueError(
+            f"references share a key (give them distinct 'id' fields): {duplicates[:_MAX_LISTED]}"
+        )
+    indexes = {"id": _index(predictions, "id"), "video": _index(predictions, "video")}
+
+    used: set[int] = set()
+    per_video, caption_predictions, caption_references = [], {}, {}
+    missing, errors, empty = [], [], []
+    num_empty_texts = 0
+    for reference, (field, key) in zip(references, keys):
+        events = [TimedText(float(turn["time"]), str(turn["text"])) for turn in reference["turns"]]
+        positions = indexes[field].get(key, [])
+        if len(positions) > 1:
+            raise ValueError(f"{len(positions)} predictions have {field}={key!r}")
+        error = None
+        if positions:
+            used.add(positions[0])
+            prediction = predictions[positions[0]]
+            error = prediction.get("error")
+            if "replies" not in prediction and not error:
+                raise ValueError(f"prediction {key!r} has neither 'replies' nor an 'error'")
+            replies = [
+                TimedText(float(reply["time"]), reply["text"] if reply["text"] is not None else "")
+                for reply in prediction.get("replies", [])
+            ]
+            if error:
+                errors.append(key)
+            if not replies:
+                empty.append(key)
+            num_empty_texts += sum(not reply.text.strip() for reply in replies)
+        else:
+            missing.append(key)
+            replies = []
+
+        scores = score_stream_video(
+            prediction=replies,
+            reference=events,
+            tolerances=tolerances,
+            trigger_tolerance=trigger_tolerance,
+        )
+        pairs = match_events(
+            prediction=[reply.time for reply in replies],
+            reference=[event.time for event in events],
+            tolerance=caption_tolerance,
+        )
+        for reply_index, event_index in pairs:
+            caption_id = f"{key}#{event_index}"
+            caption_predictions[caption_id] = replies[reply_index].text
+            caption_references[caption_id] = [events[event_index].text]
+        per_video.append(
+            {
+                "key": key,
+                "video": reference["video"],
+                "missing_prediction": not positions,
+                "error": error,
+                "num_caption_pairs": len(pairs),
+                **scores,
+            }
+        )
+
+    unmatched = [_prediction_name(p) for i, p in enumerate(predictions) if i not in used]
+    aggregated = aggregate_stream_scores(per_video)
+    counts = {
+        "num_videos": len(references),
+        "num_prediction_records": len(predictions),
+        "num_missing_predictions": len(missing),
+        "missing_prediction_ids": missing,
+        "num_errors": len(errors),
+        "error_ids": errors,
+        "num_empty_predictions": len(empty),
+        "empty_prediction_ids": empty,
+        "num_empty_reply_texts": num_empty_texts,
+        "num_unmatched_predictions": len(unmatched),
+        "unmatched_prediction_ids": unmatched,
+        "num_replies": sum(video["num_predictions"] for video in per_video),
+        "num_events": sum(video["num_references"] for video in per_video),
+    }
+    return {
+        "protocol": "free_running",
+        "settings": {
+            "tolerances": [float(t) for t in tolerances],
+            "trigger_tolerance": float(trigger_tolerance),
+            "caption_tolerance": float(caption_tolerance),
+        },
+        "counts": counts,
+        "micro": aggregated["micro"],
+        "per_video_mean": aggregated["per_video_mean"],
+        "per_video_mean_num_videos": aggregated["per_video_mean_num_videos"],
+        "captions": caption_metrics(
+            predictions=caption_predictions, references=caption_references, use_meteor=use_meteor
+        ),
+        "per_video": per_video,
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# Markdown rendering
+# ---------------------------------------------------------------------------------------
+
+
+def _format_value(value) -> str:
+    """One table cell: floats to 4 decimals, None as n/a, short lists inline."""
+    if value is None:
+        text = "n/a"
+    elif isinstance(value, bool):
+        text = str(value).lower()
+    elif isinstance(value, float):
+        text = f"{value:.4f}"
+    elif isinstance(value, (list, tuple)):
+        shown = ", ".join(_format_value(item) for item in value[:_MAX_LISTED])
+        text = shown + (f", … ({len(value)} total)" if len(value) > _MAX_LISTED else "")
+        text = text or "(none)"
+    else:
+        text = str(value)
+    return text.replace("|", "\\|")
+
+
+def _flatten(mapping: Mapping, prefix: str = "") -> list[tuple[str, object]]:
+    """Nested dicts -> (dotted key, value) rows; lists of dicts are summarised by length."""
+    rows = []
+    for key, value in mapping.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            rows += _flatten(value, prefix=f"{name}.")
+        elif isinstance(value, (list, tuple)) and any(isinstance(item, Mapping) for item in value):
+            rows.append((name, f"{len(value)} entries (see the JSON file)"))
+        else:
+            rows.append((name, value))
+    return rows
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """A markdown table as lines."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def write_markdown_table(metrics: Mapping, path: str | Path, *, title: str = "Metrics") -> Path:
+    """Write a metrics dict as human-readable markdown tables.
+
+    Top-level scalars form one table; each top-level dict gets its own section with nested
+    keys dotted. When "micro" and "per_video_mean" are both present they are shown side by
+    side with the number of videos behind each mean ("per_video_mean_num_videos"). Lists
+    of records (such as "per_video") are summarised by their length.
+
+    Args:
+        metrics: any JSON-like dict of metrics.
+        path: output file; its parent directory is created.
+        title: the top-level heading.
+
+    Returns:
+        The path written.
+    """
+    lines = [f"# {title}", ""]
+    sections = dict(metrics)
+    paired_rows = []
+    micro, mean = sections.get("micro"), sections.get("per_video_mean")
+    if isinstance(micro, Mapping) and isinstance(mean, Mapping):
+        del sections["micro"], sections["per_video_mean"]
+        mean_counts = sections.pop("per_video_mean_num_videos", {})
+        for name in list(micro) + [name for name in mean if name not in micro]:
+            values = (micro.get(name), mean.get(name), mean_counts.get(name))
+            paired_rows.append([name] + [_format_value(value) for value in values])
+    scalars = {key: value for key, value in sections.items() if not isinstance(value, Mapping)}
+    if scalars:
+        rows = [[key, _format_value(value)] for key, value in _flatten(scalars)]
+        lines += _table(["key", "value"], rows) + [""]
+    if paired_rows:
+        header = ["metric", "micro (pooled counts)", "per-video mean", "videos in mean"]
+        lines += ["## Aggregated over videos", ""] + _table(header, paired_rows) + [""]
+    for key, value in sections.items():
+        if isinstance(value, Mapping):
+            rows = [[name, _format_value(item)] for name, item in _flatten(value)]
+            lines += [f"## {key}", ""] + _table(["key", "value"], rows) + [""]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines).rstrip("\n") + "\n", encoding="utf-8")
+    return path
+
+
+# ---------------------------------------------------------------------------------------
+# Entry point
+# ---------------------------------------------------------------------------------------
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Command-line arguments."""
+    parser = argparse.ArgumentParser(
+        prog="python -m eval.score", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--predictions", required=True, help="predictions JSONL, one line per video"
+    )
+    parser.add_argument("--references", required=True, help="canonical stream annotation JSONL")
+    parser.add_argument("--out", required=True, help="metrics JSON to write")
+    parser.add_argument("--table", default=None, help="optional markdown table to write")
+    parser.add_argument(
+        "--tolerances", type=float, nargs="+", default=list(DEFAULT_TOLERANCES),
+        help="seconds for one-to-one precision / recall / F1",
+    )
+    parser.add_argument(
+        "--trigger-tolerance", type=float, default=TRIGGER_TOLERANCE,
+        help="±seconds for TriggerAcc, TimVal and reply_exact_match",
+    )
+    parser.add_argument(
+        "--caption-tolerance", type=float, default=TRIGGER_TOLERANCE,
+        help="±seconds of the one-to-one matching whose reply/event pairs get caption metrics",
+    )
+    parser.add_argument(
+        "--skip-meteor", action="store_true", help="do not run METEOR (it needs Java)"
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Score a predictions file and write the metrics JSON (and optionally a table)."""
+    args = _parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    metrics = score_predictions(
+        predictions=load_jsonl(args.predictions),
+        references=load_jsonl(args.references),
+        tolerances=args.tolerances,
+        trigger_tolerance=args.trigger_tolerance,
+        caption_tolerance=args.caption_tolerance,
+        use_meteor=not args.skip_meteor,
+    )
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    logger.info("wrote %s", out)
+    if args.table:
+        table = write_markdown_table(metrics, args.table, title="Free-running streaming metrics")
+        logger.info("wrote %s", table)
+    counts = metrics["counts"]
+    logger.info(
+        "%d videos, %d missing predictions, %d with errors, %d empty, %d unmatched predictions",
+        counts["num_videos"], counts["num_missing_predictions"], counts["num_errors"],
+        counts["num_empty_predictions"], counts["num_unmatched_predictions"],
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

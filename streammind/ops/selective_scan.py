@@ -1,0 +1,460 @@
+"""Selective scan (the Mamba-1 S6 recurrence): PyTorch reference, sequential oracle, kernel dispatch.
+
+The recurrence, per batch element b, channel d and state index n (diagonal A, zero-order-hold
+style discretisation of A and Euler discretisation of B, as in Mamba-1):
+
+    h_t = exp(delta_t * A) * h_{t-1} + delta_t * B_t * u_t
+    y_t = <C_t, h_t> + D * u_t
+    y_t = y_t * silu(z_t)                          (only when z is given)
+
+Notation used for tensor shapes:
+    B    batch
+    Din  channels (Mamba's d_inner)
+    T    time steps (frames)
+    N    state size per channel (Mamba's d_state)
+
+Functions:
+    selective_scan_ref         chunked scan in plain PyTorch; the runtime path on CPU and on GPUs
+                               without compiled kernels. Differentiable by autograd.
+    selective_scan_sequential  the per-step loop; the test oracle, too slow for runtime use.
+    selective_state_update     one recurrent step, state updated in place (streaming).
+    selective_scan             the single dispatch point: mamba_ssm's CUDA kernel or the reference.
+    override_impl              context manager forcing one path (tests).
+
+Notable choices:
+    - Everything is computed in fp32 whatever the input dtype; outputs are cast back to u's dtype
+      and final states stay fp32, because the state accumulates over thousands of frames.
+    - The chunked reference never forms exp(+cumsum): inside a chunk it takes a Hillis-Steele
+      (log-depth) scan whose decay factors are exp(S_t - S_{t-k}) with S the in-chunk cumulative
+      sum of delta*A, so every factor lies in (0, 1] when delta*A <= 0 (always true in Mamba,
+      where A = -exp(A_log) and delta = softplus(.)). Chunking keeps S short (no fp32
+      cancellation over long sequences) and bounds the per-chunk working set to
+      O(B * Din * chunk_size * N * log2(chunk_size)).
+    - mamba_ssm's `selective_scan_fn` has no initial-state argument. The kernel path adds the
+      initial state's contribution afterwards, which is exact because the recurrence is linear
+      in h: h_t += exp(S_t) * h_0 with S_t the cumulative sum of delta*A from the start.
+    - Only real A is supported (mamba_ssm also supports complex A; Mamba-1 models use real A).
+
+References:
+    Gu & Dao, "Mamba: Linear-Time Sequence Modeling with Selective State Spaces" (2023), §3.2
+    and Algorithm 2; mamba_ssm `ops/selective_scan_interface.py` (argument conventions and the
+    u: r(B D L) shape notation), `ops/triton/selective_state_update.py` (step semantics).
+    Hillis & Steele, "Data parallel algorithms" (1986), for the in-chunk scan.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+from collections.abc import Iterator
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+try:
+    from mamba_ssm.ops.selective_scan_interface import selective_scan_fn as _kernel_selective_scan
+except ImportError:
+    _kernel_selective_scan = None
+
+try:
+    from mamba_ssm.ops.triton.selective_state_update import (
+        selective_state_update as _kernel_selective_state_update,
+    )
+except ImportError:
+    _kernel_selective_state_update = None
+
+HAS_MAMBA_KERNELS = _kernel_selective_scan is not None
+
+Impl = Literal["auto", "ref", "kernel"]
+_IMPLS = ("auto", "ref", "kernel")
+_KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_INSTALL_HINT = "install it with `pip install mamba-ssm` (or `pip install 'streammind[kernels]'`)"
+
+logger = logging.getLogger(__name__)
+
+# Set only through `override_impl`; when not None it wins over every `impl` argument.
+_override_impl: Impl | None = None
+
+
+@contextlib.contextmanager
+def override_impl(impl: Impl) -> Iterator[None]:
+    """Force `impl` for every selective-scan dispatch inside the block (tests; nanochat pattern)."""
+    global _override_impl
+    if impl not in _IMPLS:
+        raise ValueError(f"impl must be one of {_IMPLS}, got {impl!r}")
+    previous = _override_impl
+    _override_impl = impl
+    try:
+        yield
+    finally:
+        _override_impl = previous
+
+
+@functools.lru_cache(maxsize=None)
+def _log_once(level: int, message: str) -> None:
+    """Log `message` the first time it is seen (transformers' warning_once)."""
+    logger.log(level, message)
+
+
+def _use_kernel(op: str, impl: Impl, unavailable: tuple[type[Exception], str] | None, on_cuda: bool) -> bool:
+    """Resolve `impl` (after the override) to True for the kernel or False for the reference."""
+    impl = _override_impl or impl
+    if impl not in _IMPLS:
+        raise ValueError(f"impl must be one of {_IMPLS}, got {impl!r}")
+    if impl == "ref":
+        _log_once(logging.INFO, f"{op}: using the PyTorch reference path (requested)")
+        return False
+    if impl == "kernel":
+        if unavailable is not None:
+            error, reason = unavailable
+            raise error(f"{op}(impl='kernel') cannot run: {reason}")
+        _log_once(logging.INFO, f"{op}: using the mamba_ssm kernel (requested)")
+        return True
+    if unavailable is None:
+        _log_once(logging.INFO, f"{op}: using the mamba_ssm kernel")
+        return True
+    _, reason = unavailable
+    # On CPU the reference is the expected path; on a GPU it is a performance problem worth a warning.
+    _log_once(logging.WARNING if on_cuda else logging.INFO, f"{op}: using the PyTorch reference path because {reason}")
+    return False
+
+
+def _kernel_unavailable(
+    kernel: object, module_path: str, tensors: list[torch.Tensor | None]
+) -> tuple[type[Exception], str] | None:
+    """Why the kernel cannot take `tensors` (the first is the input), as (exception type, reason), or None."""
+    if kernel is None:
+        return ImportError, f"{module_path} is not importable; {_INSTALL_HINT}"
+    if not all(t.is_cuda for t in tensors if t is not None):
+        return ValueError, "the tensors are not on CUDA"
+    if tensors[0].dtype not in _KERNEL_DTYPES:
+        return ValueError, f"dtype {tensors[0].dtype} is not supported by the kernel (float32, float16, bfloat16)"
+    return None
+
+
+def _prepare_delta(
+    delta: torch.Tensor, delta_bias: torch.Tensor | None, delta_softplus: bool
+) -> torch.Tensor:
+    """fp32 delta with the bias added ([Din] broadcast over [B, Din, T]) and softplus applied."""
+    delta = delta.float()
+    if delta_bias is not None:
+        delta = delta + delta_bias.float()[:, None]
+    if delta_softplus:
+        delta = F.softplus(delta)
+    return delta
+
+
+def _finish_output(
+    y: torch.Tensor, u: torch.Tensor, D: torch.Tensor | None, z: torch.Tensor | None
+) -> torch.Tensor:
+    """Skip connection and SiLU gate on the fp32 scan output y [B, Din, T]; fp32 result."""
+    if D is not None:
+        y = y + D.float()[:, None] * u
+    if z is not None:
+        y = y * F.silu(z.float())
+    return y
+
+
+def _check_shapes(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    initial_state: torch.Tensor | None,
+) -> None:
+    """Raise a ValueError naming the offending argument when the scan shapes do not agree."""
+    if u.dim() != 3 or delta.shape != u.shape:
+        raise ValueError(f"u and delta must be [B, Din, T]; got {tuple(u.shape)}, {tuple(delta.shape)}")
+    batch, d_inner, seqlen = u.shape
+    if A.dim() != 2 or A.shape[0] != d_inner:
+        raise ValueError(f"A must be [Din={d_inner}, N]; got {tuple(A.shape)}")
+    if A.is_complex():
+        raise ValueError("complex A is not supported")
+    expected_bc = (batch, A.shape[1], seqlen)
+    if tuple(B.shape) != expected_bc or tuple(C.shape) != expected_bc:
+        raise ValueError(f"B and C must be [B, N, T] = {expected_bc}; got {tuple(B.shape)} and {tuple(C.shape)}")
+    expected_state = (batch, d_inner, A.shape[1])
+    if initial_state is not None and tuple(initial_state.shape) != expected_state:
+        raise ValueError(f"initial_state must be [B, Din, N] = {expected_state}; got {tuple(initial_state.shape)}")
+
+
+def _scan_within_chunk(log_decay: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Zero-initial-state states of h_t = a_t h_{t-1} + x_t over one chunk (time on dim 2).
+
+    log_decay: [B, Din, L, N], S_t = sum_{s<=t} log a_s (in-chunk cumulative sum of delta*A).
+    x: [B, Din, L, N], the per-step inputs delta_t * B_t * u_t.
+    Returns h: [B, Din, L, N]. Hillis-Steele: after the pass with offset k every position holds
+    the contribution of the 2k most recent steps; exp(S_t - S_{t-k}) is the decay over (t-k, t].
+    """
+    length = x.shape[2]
+    k = 1
+    while k < length:
+        decay = torch.exp(log_decay[:, :, k:] - log_decay[:, :, :-k])  # [B, Din, L-k, N]
+        x = torch.cat([x[:, :, :k], x[:, :, k:] + decay * x[:, :, :-k]], dim=2)
+        k *= 2
+    return x
+
+
+def selective_scan_ref(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+    initial_state: torch.Tensor | None = None,
+    return_last_state: bool = False,
+    chunk_size: int = 64,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Chunked selective scan in plain PyTorch (fp32 compute, differentiable).
+
+    Args:
+        u: [B, Din, T] input sequence.
+        delta: [B, Din, T] step sizes before `delta_bias` and softplus.
+        A: [Din, N] real state matrix (diagonal per channel; Mamba uses A = -exp(A_log) < 0).
+        B: [B, N, T] input matrix, per time step.
+        C: [B, N, T] output matrix, per time step.
+        D: [Din] skip connection, or None.
+        z: [B, Din, T] gate; the output is multiplied by silu(z). None for no gate.
+        delta_bias: [Din] added to delta before softplus, or None.
+        delta_softplus: apply softplus to delta (after the bias).
+        initial_state: [B, Din, N] state before the first step (any float dtype), or None for zeros.
+        return_last_state: also return the state after the last step.
+        chunk_size: time steps per chunk. Peak memory per chunk is about
+            B * Din * chunk_size * N * 4 bytes times (2 * log2(chunk_size) + 5) under autograd.
+
+    Returns:
+        out: [B, Din, T] in u's dtype; and, with return_last_state, last_state: [B, Din, N] fp32.
+    """
+    _check_shapes(u, delta, A, B, C, initial_state)
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+    dtype_in = u.dtype
+    batch, d_inner, seqlen = u.shape
+    u_f = u.float()
+    delta = _prepare_delta(delta, delta_bias, delta_softplus)
+    A = A.float()
+    B = B.float()
+    C = C.float()
+    if initial_state is None:
+        h = u_f.new_zeros(batch, d_inner, A.shape[1])
+    else:
+        # Copy: callers update their state buffer in place after this call, and autograd saves h.
+        h = initial_state.to(torch.float32, copy=True)
+
+    ys = []
+    for start in range(0, seqlen, chunk_size):
+        stop = min(start + chunk_size, seqlen)
+        delta_c = delta[:, :, start:stop]  # [B, Din, L]
+        log_decay = torch.cumsum(delta_c[..., None] * A[:, None, :], dim=2)  # [B, Din, L, N]
+        B_c = B[:, None, :, start:stop].transpose(2, 3)  # [B, 1, L, N]
+        x = (delta_c * u_f[:, :, start:stop])[..., None] * B_c  # [B, Din, L, N], delta_t * B_t * u_t
+        # States from a zero start, plus the carried state decayed from the chunk start to t.
+        states = _scan_within_chunk(log_decay, x) + torch.exp(log_decay) * h[:, :, None, :]  # [B, Din, L, N]
+        ys.append(torch.einsum("bdln,bnl->bdl", states, C[:, :, start:stop]))  # [B, Din, L]
+        h = states[:, :, -1]  # [B, Din, N], carried to the next chunk
+    y = torch.cat(ys, dim=2) if ys else u_f.new_zeros(batch, d_inner, 0)  # [B, Din, T]
+    out = _finish_output(y, u_f, D, z).to(dtype_in)
+    return (out, h) if return_last_state else out
+
+
+def selective_scan_sequential(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+    initial_state: torch.Tensor | None = None,
+    return_last_state: bool = False,
+    chunk_size: int = 64,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """The plain per-step recurrence: THE TEST ORACLE for every other scan implementation.
+
+    Same arguments and returns as `selective_scan_ref` (`chunk_size` is accepted for signature
+    parity and ignored). One Python iteration per time step, so use it only in tests.
+    """
+    _check_shapes(u, delta, A, B, C, initial_state)
+    dtype_in = u.dtype
+    batch, d_inner, seqlen = u.shape
+    u_f = u.float()
+    delta = _prepare_delta(delta, delta_bias, delta_softplus)
+    A = A.float()
+    B = B.float()
+    C = C.float()
+    if initial_state is None:
+        h = u_f.new_zeros(batch, d_inner, A.shape[1])
+    else:
+        h = initial_state.to(torch.float32, copy=True)
+    ys = []
+    for t in range(seqlen):
+        decay = torch.exp(delta[:, :, t, None] * A)  # [B, Din, N]
+        h = decay * h + (delta[:, :, t] * u_f[:, :, t])[..., None] * B[:, None, :, t]  # [B, Din, N]
+        ys.append(torch.einsum("bdn,bn->bd", h, C[:, :, t]))  # [B, Din]
+    y = torch.stack(ys, dim=2) if ys else u_f.new_zeros(batch, d_inner, 0)  # [B, Din, T]
+    out = _finish_output(y, u_f, D, z).to(dtype_in)
+    return (out, h) if return_last_state else out
+
+
+def _add_initial_state_contribution(
+    out: torch.Tensor,
+    last_state: torch.Tensor,
+    initial_state: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    C: torch.Tensor,
+    z: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Add h_0's effect to a zero-initial-state scan result (exact: the recurrence is linear in h).
+
+    out: [B, Din, T] scan output computed from h_0 = 0; last_state: [B, Din, N] likewise.
+    initial_state: [B, Din, N]; delta: [B, Din, T] fp32 after bias and softplus; A: [Din, N];
+    C: [B, N, T]; z: [B, Din, T] or None. Returns (out in out's dtype, last_state fp32).
+    """
+    decay = torch.exp(torch.cumsum(delta[..., None] * A.float()[:, None, :], dim=2))  # [B, Din, T, N]
+    h0 = initial_state.to(torch.float32, copy=True)  # copied for the same reason as in the reference
+    extra = torch.einsum("bdtn,bdn,bnt->bdt", decay, h0, C.float())  # [B, Din, T]
+    if z is not None:
+        extra = extra * F.silu(z.float())
+    out = (out.float() + extra).to(out.dtype)
+    last_state = last_state.float() + decay[:, :, -1] * h0
+    return out, last_state
+
+
+def selective_scan(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+    initial_state: torch.Tensor | None = None,
+    return_last_state: bool = False,
+    chunk_size: int = 64,
+    impl: Impl = "auto",
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Selective scan through mamba_ssm's CUDA kernel or the PyTorch reference (one dispatch point).
+
+    Arguments and returns as `selective_scan_ref`. `impl`:
+        "auto"   the kernel when mamba_ssm imports, the tensors are on CUDA and u's dtype is
+                 float32/float16/bfloat16; otherwise the reference. The choice is logged once.
+        "ref"    always the reference.
+        "kernel" always the kernel; raises ImportError (naming mamba_ssm) when it is missing and
+                 ValueError when the tensors are not on CUDA or have an unsupported dtype.
+    An active `override_impl(...)` block replaces `impl`. `chunk_size` only affects the reference.
+    """
+    unavailable = _kernel_unavailable(
+        _kernel_selective_scan if HAS_MAMBA_KERNELS else None,
+        "mamba_ssm.ops.selective_scan_interface",
+        [u, delta, A, B, C, D, z, delta_bias, initial_state],
+    )
+    if not _use_kernel("selective_scan", impl, unavailable, u.is_cuda):
+        return selective_scan_ref(
+            u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_last_state, chunk_size
+        )
+    _check_shapes(u, delta, A, B, C, initial_state)
+    # The kernel wants delta and z in u's dtype, fp32 A / D / delta_bias, B and C in u's dtype or fp32.
+    delta_k = delta.to(u.dtype)
+    z_k = z.to(u.dtype) if z is not None else None
+    B_k = B if B.dtype in (u.dtype, torch.float32) else B.to(u.dtype)
+    C_k = C if C.dtype in (u.dtype, torch.float32) else C.to(u.dtype)
+    D_k = D.float() if D is not None else None
+    bias_k = delta_bias.float() if delta_bias is not None else None
+    need_state = return_last_state or initial_state is not None
+    result = _kernel_selective_scan(
+        u, delta_k, A.float(), B_k, C_k, D_k, z_k, bias_k, delta_softplus, return_last_state=need_state
+    )
+    if not need_state:
+        return result
+    out, last_state = result
+    if initial_state is not None:
+        out, last_state = _add_initial_state_contribution(
+            out, last_state, initial_state, _prepare_delta(delta, delta_bias, delta_softplus), A, C, z
+        )
+    return (out, last_state.float()) if return_last_state else out
+
+
+def _selective_state_update_ref(
+    state: torch.Tensor,
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None,
+    z: torch.Tensor | None,
+    dt_bias: torch.Tensor | None,
+    dt_softplus: bool,
+) -> torch.Tensor:
+    """One recurrence step in fp32; writes the new state into `state` and returns y [B, Din]."""
+    dt = dt.float()
+    if dt_bias is not None:
+        dt = dt + dt_bias.float()
+    if dt_softplus:
+        dt = F.softplus(dt)
+    x_f = x.float()
+    decay = torch.exp(dt[..., None] * A.float())  # [B, Din, N]
+    # Copy: `state` is overwritten below, and autograd would otherwise save the buffer itself.
+    previous = state.to(torch.float32, copy=True)  # [B, Din, N]
+    new_state = decay * previous + (dt * x_f)[..., None] * B.float()[:, None, :]  # [B, Din, N]
+    y = torch.einsum("bdn,bn->bd", new_state, C.float())  # [B, Din]; from the fp32 state, as the scan does
+    state.copy_(new_state)
+    if D is not None:
+        y = y + D.float() * x_f
+    if z is not None:
+        y = y * F.silu(z.float())
+    return y.to(x.dtype)
+
+
+def selective_state_update(
+    state: torch.Tensor,
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    dt_bias: torch.Tensor | None = None,
+    dt_softplus: bool = False,
+    impl: Impl = "auto",
+) -> torch.Tensor:
+    """One step of the selective-scan recurrence; `state` is updated IN PLACE.
+
+    Args:
+        state: [B, Din, N] recurrent state, fp32 (kept at a fixed address for CUDA graphs).
+        x: [B, Din] input u_t.
+        dt: [B, Din] step size before `dt_bias` and softplus.
+        A: [Din, N]; B, C: [B, N]; D: [Din] or None; z: [B, Din] or None; dt_bias: [Din] or None.
+        dt_softplus: apply softplus to dt (after the bias).
+        impl: as in `selective_scan`; the kernel is mamba_ssm's Triton `selective_state_update`.
+
+    Returns:
+        y: [B, Din] in x's dtype. Stepping T times equals `selective_scan` over the T steps.
+    """
+    if state.dim() != 3 or tuple(state.shape[:2]) != tuple(x.shape) or state.shape[2] != A.shape[1]:
+        raise ValueError(
+            f"state must be [B, Din, N] matching x {tuple(x.shape)} and A {tuple(A.shape)}; got {tuple(state.shape)}"
+        )
+    unavailable = _kernel_unavailable(
+        _kernel_selective_state_update if HAS_MAMBA_KERNELS else None,
+        "mamba_ssm.ops.triton.selective_state_update",
+        [x, state, dt, A, B, C, D, z, dt_bias],
+    )
+    if _use_kernel("selective_state_update", impl, unavailable, x.is_cuda):
+        return _kernel_selective_state_update(
+            state, x, dt, A.float(), B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus
+        )
+    return _selective_state_update_ref(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)

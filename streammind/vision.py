@@ -1,0 +1,150 @@
+"""Frames -> one feature vector per frame: image preprocessing and the CLIP vision wrapper.
+
+Notation: N frames (any batch of frames flattened), H x W input size, S the tower's image
+size, P patches per frame (P = (S / patch)^2), Dv the tower width.
+
+- `FrameProcessor` is the one preprocessing path, used identically by training, the
+  evaluators and the streaming runtime: uint8 RGB frames -> pad to square with the CLIP
+  mean colour ("pad", what the original trained with) or resize-and-centre-crop ("crop")
+  -> bicubic resize to S -> scale to [0, 1] -> normalise. Pure torch (no torchvision).
+- `VisionEncoder` wraps HF `CLIPVisionModel`: it runs the embeddings and only the first
+  k encoder layers needed for `vision_feature_layer` (layer -2 of 24 runs 23 layers), drops
+  the CLS token and pools the P patch tokens into one vector per frame.
+
+The original code (`clip_encoder.py`) selected `hidden_states[-2]` after running all 24
+layers, and padded frames in training but centre-cropped them at inference; both are fixed
+here. Reference: SPEC §3, reference/original-code.md §1.2.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import CLIPVisionConfig, CLIPVisionModel
+
+
+class FrameProcessor:
+    """uint8 RGB frames -> normalised pixel values [N, 3, S, S].
+
+    Args:
+        image_size: S, the tower's input size.
+        mean, std: per-channel normalisation (in [0, 1] units).
+        mode: "pad" (pad to square with the mean colour, then resize) or "crop"
+            (resize the short side to S, then centre crop).
+    """
+
+    def __init__(self, image_size: int, mean: Sequence[float], std: Sequence[float], mode: str = "pad"):
+        if mode not in ("pad", "crop"):
+            raise ValueError(f"image preprocessing mode must be 'pad' or 'crop', got {mode!r}")
+        self.image_size = image_size
+        self.mode = mode
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+
+    @classmethod
+    def from_config(cls, config) -> FrameProcessor:
+        return cls(config.vision_config.image_size, config.image_mean, config.image_std, config.image_preprocess)
+
+    def __call__(self, frames) -> torch.Tensor:
+        """Preprocess frames.
+
+        Args:
+            frames: uint8 RGB as a numpy array or tensor [N, H, W, 3] or [H, W, 3], or a list
+                of such arrays / PIL images (sizes may differ).
+        Returns:
+            float32 pixel values [N, 3, S, S].
+        """
+        if isinstance(frames, (list, tuple)):
+            return torch.cat([self(np.asarray(f)) for f in frames]) if frames else torch.empty(0, 3, self.image_size, self.image_size)
+        x = torch.as_tensor(np.asarray(frames) if not isinstance(frames, torch.Tensor) else frames)
+        if x.ndim == 3:
+            x = x[None]
+        if x.ndim != 4 or x.shape[-1] != 3:
+            raise ValueError(f"expected RGB frames shaped [N, H, W, 3], got {tuple(x.shape)}")
+        if x.dtype != torch.uint8:
+            raise ValueError(f"expected uint8 frames (0..255), got {x.dtype}")
+        x = x.permute(0, 3, 1, 2).float()  # [N, H, W, 3] -> [N, 3, H, W], 0..255
+        x = self._pad_to_square(x) if self.mode == "pad" else self._resize_short_side(x)
+        if self.mode == "crop":
+            x = self._center_crop(x)
+        elif x.shape[-1] != self.image_size:
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bicubic", align_corners=False, antialias=True)
+        # Bicubic overshoots; clamp to the valid pixel range before normalising (as PIL does).
+        x = x.clamp_(0.0, 255.0) / 255.0
+        return (x - self.mean) / self.std
+
+    def _pad_to_square(self, x: torch.Tensor) -> torch.Tensor:
+        """Pad [N, 3, H, W] to [N, 3, L, L] (L = max(H, W)) with the mean colour, centred."""
+        n, _, h, w = x.shape
+        side = max(h, w)
+        if h == w:
+            return x
+        fill = (self.mean * 255.0).round()  # the original's expand2square fills with int(mean * 255)
+        out = fill.expand(n, 3, side, side).clone()
+        top, left = (side - h) // 2, (side - w) // 2
+        out[:, :, top : top + h, left : left + w] = x
+        return out
+
+    def _resize_short_side(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        scale = self.image_size / min(h, w)
+        size = (max(self.image_size, round(h * scale)), max(self.image_size, round(w * scale)))
+        return F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=True)
+
+    def _center_crop(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        top, left = (h - self.image_size) // 2, (w - self.image_size) // 2
+        return x[:, :, top : top + self.image_size, left : left + self.image_size]
+
+
+class VisionEncoder(nn.Module):
+    """CLIP vision tower -> one pooled feature per frame.
+
+    Args:
+        config: the CLIP vision config.
+        feature_layer: hidden-state index to read (-2 = penultimate, as LLaVA / VideoLLaMA2).
+        pooling: "mean" or "max" over the P patch tokens, or "cls" (the CLS token).
+        clip: an already built (e.g. pretrained) `CLIPVisionModel` to wrap instead of a fresh one.
+    """
+
+    def __init__(self, config: CLIPVisionConfig, feature_layer: int = -2, pooling: str = "mean", clip: CLIPVisionModel | None = None):
+        super().__init__()
+        self.clip = clip if clip is not None else CLIPVisionModel(config)
+        n = config.num_hidden_layers
+        self.num_layers_to_run = feature_layer if feature_layer >= 0 else n + 1 + feature_layer
+        if not 0 <= self.num_layers_to_run <= n:
+            raise ValueError(f"feature_layer {feature_layer} out of range for a {n}-layer CLIP")
+        if pooling not in ("mean", "max", "cls"):
+            raise ValueError(f"pooling must be 'mean', 'max' or 'cls', got {pooling!r}")
+        self.pooling = pooling
+
+    @property
+    def hidden_size(self) -> int:
+        return self.clip.config.hidden_size
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """pixel_values [N, 3, S, S] -> pooled frame features [N, Dv]."""
+        clip = self.clip
+        dtype = clip.embeddings.patch_embedding.weight.dtype
+        h = clip.embeddings(pixel_values.to(dtype))  # [N, 1 + P, Dv]
+        h = clip.pre_layrnorm(h)
+        # Only the layers up to the selected one run; later layers would be thrown away.
+        for layer in clip.encoder.layers[: self.num_layers_to_run]:
+            h = layer(h, None)
+        if self.pooling == "cls":
+            return h[:, 0]
+        patches = h[:, 1:]  # drop CLS: [N, P, Dv]
+        return patches.mean(dim=1) if self.pooling == "mean" else patches.amax(dim=1)
+
+    def encode_frames(self, pixel_values: torch.Tensor, chunk_size: int = 256) -> torch.Tensor:
+        """Like `forward`, in fixed-size chunks so long clips never OOM: [N, 3, S, S] -> [N, Dv]."""
+        if pixel_values.shape[0] <= chunk_size:
+            return self(pixel_values)
+        return torch.cat([self(chunk) for chunk in pixel_values.split(chunk_size)])
+
+
+__all__ = ["FrameProcessor", "VisionEncoder"]

@@ -1,0 +1,44 @@
+"""Shared fixtures: a tiny tokenizer and a tiny StreamMind model (CPU, seconds).
+
+Run: .venv/bin/python -m pytest tests -q
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+MEDIA = REPO.parent / "shared" / "media"
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tmp_path_factory):
+    from streammind.world import build_tokenizer
+
+    out = tmp_path_factory.mktemp("tokenizer")
+    build_tokenizer(out)
+    return out
+
+
+@pytest.fixture
+def tiny_tokenizer(tiny_tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+
+
+def make_tiny(tokenizer, seed: int = 0, **overrides):
+    from streammind import StreamMindConfig, build_model
+
+    torch.manual_seed(seed)
+    config = StreamMindConfig.from_preset("tiny", **overrides)
+    model, processor = build_model(config, tokenizer)
+    return model.eval(), processor
+
+
+@pytest.fixture
+def tiny(tiny_tokenizer):
+    return make_tiny(tiny_tokenizer)
