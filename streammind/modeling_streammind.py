@@ -167,11 +167,12 @@ class StreamMindForCausalLM(StreamMindPreTrainedModel):
         gate_prompt_ids: torch.Tensor | None = None,
         gate_prompt_mask: torch.Tensor | None = None,
         compute_gate: bool | None = None,
-        **kwargs,
     ) -> StreamMindOutput:
-        """Stage-1 language loss (when `labels`) and stage-2 gate loss (when `gate_labels`)."""
-        if kwargs:
-            raise TypeError(f"unexpected batch keys {sorted(kwargs)}")
+        """Stage-1 language loss (when `labels`) and stage-2 gate loss (when `gate_labels`).
+
+        No **kwargs on purpose: the Trainer then averages losses over gradient-accumulation
+        steps itself (both losses are per-batch means), and a misspelled batch key fails.
+        """
         tokens = self.get_perception_tokens(pixel_values, frame_features)  # [B, T, D]
         B, T, _ = tokens.shape
         if frame_mask is None:

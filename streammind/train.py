@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import re
 from collections import Counter
 import sys
 from dataclasses import dataclass, field
@@ -123,13 +124,37 @@ def set_trainable(model: torch.nn.Module, patterns: list[str]) -> str:
     return "\n".join(lines)
 
 
+class _YamlLoader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 scalars: `1e-3` is a float, and only true/false are booleans
+    (YAML 1.1 would turn `save_strategy: no` into False)."""
+
+
+_YamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_YamlLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)$|^[-+]?(?:\d+\.\d*|\.\d+)$"),
+    list("-+0123456789."),
+)
+
+
+def _load_yaml(text: str):
+    return yaml.load(text, Loader=_YamlLoader)
+
+
 def parse_args(argv: list[str] | None) -> tuple[ModelArguments, DataArguments, StreamMindTrainingArguments, dict]:
     """YAML file first, then `--key value` overrides; unknown keys raise."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    # The deepspeed launcher adds --local_rank=N (before our arguments); LOCAL_RANK is also in
+    # the environment, which TrainingArguments reads.
+    argv = [a for a in argv if not a.startswith(("--local_rank", "--local-rank"))]
     if not argv or not argv[0].endswith((".yaml", ".yml")):
         raise SystemExit("usage: python -m streammind.train <stage.yaml> [--key value ...]")
     with open(argv[0]) as f:
-        cfg = yaml.safe_load(f) or {}
+        cfg = _load_yaml(f.read()) or {}
     overrides = _cli_to_dict(argv[1:])
     cfg.update(overrides)
     if not torch.cuda.is_available():
@@ -146,8 +171,13 @@ def _cli_to_dict(tokens: list[str]) -> dict:
         if not key.startswith("--"):
             raise SystemExit(f"expected --key, got {key!r}")
         key = key[2:].replace("-", "_")
+        if "=" in key:
+            key, value = key.split("=", 1)
+            out[key] = _load_yaml(value)
+            i += 1
+            continue
         if i + 1 < len(tokens) and not tokens[i + 1].startswith("--"):
-            out[key] = yaml.safe_load(tokens[i + 1])
+            out[key] = _load_yaml(tokens[i + 1])
             i += 2
         else:
             out[key] = True
@@ -198,7 +228,7 @@ def main(argv: list[str] | None = None) -> str:
     if model_args.lora:
         apply_lora(model, model_args)
     table = set_trainable(model, args.trainable)
-    logger.info("stage %d parameters:\n%s", args.stage, table)
+    logger.info("stage %d, world size %d, parameters:\n%s", args.stage, args.world_size, table)
 
     feature_cache = encoder = None
     if data_args.feature_cache_dir:

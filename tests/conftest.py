@@ -42,3 +42,14 @@ def make_tiny(tokenizer, seed: int = 0, **overrides):
 @pytest.fixture
 def tiny(tiny_tokenizer):
     return make_tiny(tiny_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def small_world(tmp_path_factory):
+    """A few videos of the synthetic world (seconds to generate)."""
+    from streammind.world import WorldConfig, build_tokenizer, generate_world
+
+    out = tmp_path_factory.mktemp("world")
+    generate_world(out, WorldConfig(seed=1, num_train=6, num_val=1, num_test=3))
+    build_tokenizer(out / "tokenizer")
+    return out

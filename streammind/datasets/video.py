@@ -50,9 +50,11 @@ Notation: T sampled frames, H x W frame size, 3 RGB channels.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -82,10 +84,16 @@ _SNAP_CLOCKS_HZ = (1000, 600, 90000)
 _FLOAT32_REL_TOL = 2.0**-22
 # Frames fetched from decord per get_batch call while streaming.
 _DECORD_CHUNK = 16
+# How far back decord looks for a good frame when a window's first selected frame is broken.
+_DECORD_LOOKBACK = 64
 
 
 class VideoDecodeError(Exception):
     """A video cannot be read: missing, not a video, undecodable or without frames."""
+
+
+class _DecordUnsupported(VideoDecodeError):
+    """decord opened the file but cannot decode it; backend="auto" then retries with PyAV."""
 
 
 @dataclass(frozen=True)
@@ -170,6 +178,12 @@ def _resolve_backend(backend: str, source: str) -> str:
     return backend
 
 
+def _decord_msg(exc: BaseException) -> str:
+    """decord's error text without its C++ log prefixes ("[time] file.cc:123: ")."""
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return re.sub(r"(\[[\d:]+\]\s*)?\S+\.(cc|h):\d+:\s*", "", text).strip()
+
+
 def _check_local_file(path: str) -> None:
     """Fail early, with the path, on a missing, non-regular or empty file."""
     p = Path(path)
@@ -181,13 +195,14 @@ def _check_local_file(path: str) -> None:
         raise VideoDecodeError(f"{path}: empty file (0 bytes), no video frames")
 
 
-def _last_frame_duration(pts: np.ndarray, packet_duration_s: float, fps: float) -> float:
-    """Display duration of the last frame: the packet's, else the median interval, else 1/fps."""
-    if packet_duration_s > 0:
-        return packet_duration_s
+def _video_end(pts: np.ndarray, last_end_s: float, fps: float) -> float:
+    """End of the last frame: its packet's end, else last pts + median interval, else + 1/fps."""
+    last = float(pts[-1])
+    if last_end_s > last:
+        return last_end_s
     if len(pts) > 1:
-        return float(np.median(np.diff(pts)))
-    return 1.0 / fps if fps > 0 else 0.0
+        return last + float(np.median(np.diff(pts)))
+    return last + (1.0 / fps if fps > 0 else 0.0)
 
 
 def sample_grid(duration_s: float, fps: float, start: float = 0.0, end: float | None = None) -> np.ndarray:
@@ -225,17 +240,21 @@ def _select_indices(pts: np.ndarray, times: np.ndarray) -> np.ndarray:
     return np.searchsorted(pts, times + PTS_TOLERANCE_S, side="right") - 1
 
 
-def _snap_to_clock(x: np.ndarray, fps: float) -> tuple[np.ndarray, Fraction | None]:
+def _clock_steps(fps: float) -> list[Fraction]:
+    """Candidate clock lattices (seconds per tick): the nominal frame period, then common clocks."""
+    steps = [Fraction(1, hz) for hz in _SNAP_CLOCKS_HZ]
+    if fps > 0 and math.isfinite(fps):
+        steps.insert(0, 1 / Fraction(fps).limit_denominator(10**6))
+    return steps
+
+
+def _snap_to_clock(x: np.ndarray, steps: list[Fraction]) -> tuple[np.ndarray, Fraction | None]:
     """Recover exact times from decord's float32 seconds by snapping to a clock lattice.
 
-    Returns the snapped times and the lattice step, or ``(x, None)`` when no candidate
-    lattice holds every value within float32 rounding.
+    Returns the snapped times and the first step whose lattice holds every value within
+    float32 rounding, or ``(x, None)`` when none does.
     """
     tol = _FLOAT32_REL_TOL * np.maximum(np.abs(x), 1.0)
-    steps: list[Fraction] = []
-    if fps > 0 and math.isfinite(fps):
-        steps.append(1 / Fraction(fps).limit_denominator(10**6))
-    steps.extend(Fraction(1, hz) for hz in _SNAP_CLOCKS_HZ)
     for step in steps:
         if float(step) <= 4 * float(tol.max()):
             continue  # lattice too fine to be unambiguous at float32 precision
@@ -261,9 +280,19 @@ def _pyav_rgb(frame: Any) -> np.ndarray:
 
 @dataclass
 class _Stats:
-    """Mutable counter shared between a decoding loop and its owner."""
+    """Counters shared between a decoding loop and its owner."""
 
-    skipped: int = 0
+    skipped: int = 0  # frames/packets that failed to decode
+    dropped: int = 0  # grid times before the first decodable frame
+
+
+@dataclass
+class _LastGood:
+    """The last frame shown (decord path), reused in place of a broken one."""
+
+    index: int = -1  # highest frame index already tried
+    pts: float | None = None
+    frame: np.ndarray | None = None
 
 
 def _warn_skip(stats: _Stats, source: str, what: str) -> None:
@@ -304,7 +333,7 @@ def _pyav_fps(stream: Any) -> float:
 
 
 def _pyav_frames(container: Any, stream: Any, origin: int | None, stats: _Stats, source: str) -> Iterator[tuple[float, float, Any]]:
-    """Decode in presentation order; yield (pts_s, duration_s, frame) relative to the origin.
+    """Decode in presentation order; yield (pts_s, end_s, frame) relative to the origin.
 
     ``origin`` is the first frame's pts in stream ticks; None takes ``stream.start_time``, or
     the first decoded frame's pts when the container does not give one. Packets that fail
@@ -314,6 +343,8 @@ def _pyav_frames(container: Any, stream: Any, origin: int | None, stats: _Stats,
     num, den = tb.numerator, tb.denominator
     if origin is None:
         origin = stream.start_time
+    fps = _pyav_fps(stream)
+    nominal_period = 1.0 / fps if fps > 0 else 0.0
     last_pts = None
     prev_s = None
     try:
@@ -331,48 +362,48 @@ def _pyav_frames(container: Any, stream: Any, origin: int | None, stats: _Stats,
                     origin = frame.pts
                 last_pts = frame.pts
                 pts_s = ((frame.pts - origin) * num) / den
-                dur_s = (frame.duration * num) / den if frame.duration else (pts_s - prev_s if prev_s is not None else 0.0)
+                if frame.duration:
+                    end_s = ((frame.pts + frame.duration - origin) * num) / den
+                else:
+                    end_s = pts_s + (pts_s - prev_s if prev_s is not None else nominal_period)
                 prev_s = pts_s
-                yield pts_s, dur_s, frame
+                yield pts_s, end_s, frame
     except av.FFmpegError as exc:
         raise VideoDecodeError(f"{source}: demuxing failed ({type(exc).__name__}: {exc.strerror or exc})") from exc
 
 
 def _follow_grid(
-    frames: Iterator[tuple[float, float, Any]], times: Iterator[float], eof_end: float | None
+    frames: Iterator[tuple[float, float, Any]], times: Iterator[float], eof_end: float | None, stats: _Stats
 ) -> Iterator[tuple[float, float, Any]]:
-    """Streaming form of ``_select_indices``: yield (t, pts, payload) per grid time.
+    """Streaming form of ``_select_indices``: (pts, end, payload) in, (t, pts, payload) out.
 
     Holds the latest frame; a grid time is resolved once a frame with pts > t arrives (so
     the held one is the last with pts <= t) or the input ends. At the end, remaining grid
     times are resolved while ``t < eof_end`` (``None``: the end of the held frame). Grid
-    times before the first frame are dropped with a warning.
+    times before the first frame are dropped and counted in ``stats.dropped``.
     """
     t = next(times, None)
     held: tuple[float, float, Any] | None = None
-    dropped = 0
-    for pts, dur, payload in frames:
+    for pts, end, payload in frames:
         while t is not None and pts > t + PTS_TOLERANCE_S:
             if held is None:
-                dropped += 1
+                stats.dropped += 1
             else:
                 yield t, held[0], held[2]
             t = next(times, None)
         if t is None:
             break
-        held = (pts, dur, payload)
+        held = (pts, end, payload)
     else:
         if held is not None:
-            stop = held[0] + held[1] if eof_end is None else eof_end
+            stop = held[1] if eof_end is None else eof_end
             while t is not None and t < stop:
                 yield t, held[0], held[2]
                 t = next(times, None)
-    if dropped:
-        logger.warning("%d grid times precede the first decodable frame and were dropped", dropped)
 
 
 def _pyav_index(path: str) -> _Index:
-    """Demux every packet (no full decode) for pts; decode the first frame for its size."""
+    """Demux every packet for its pts (no full decode); decode only until the first frame."""
     container, stream = _pyav_open(path)
     with container:
         tb = stream.time_base
@@ -382,70 +413,64 @@ def _pyav_index(path: str) -> _Index:
         try:
             for packet in container.demux(stream):
                 ts = packet.pts if packet.pts is not None else packet.dts
-                if packet.size == 0 or ts is None:
-                    continue
-                pts_ticks.append(ts)
-                durations[ts] = packet.duration or 0
-                if shape is None:
+                if packet.size > 0 and ts is not None:
+                    pts_ticks.append(ts)
+                    durations[ts] = packet.duration or 0
+                if shape is None:  # the final empty packet flushes the decoder, so 1-frame files work
                     try:
-                        for frame in packet.decode():
-                            shape = _pyav_rgb(frame).shape
-                            break
+                        shape = next((_pyav_rgb(frame).shape for frame in packet.decode()), None)
                     except av.FFmpegError:
-                        continue
+                        pass
         except av.FFmpegError as exc:
             raise VideoDecodeError(f"{path}: demuxing failed ({type(exc).__name__}: {exc.strerror or exc})") from exc
         if not pts_ticks:
             raise VideoDecodeError(f"{path}: video stream has no frames")
-        if shape is None:
-            try:
-                for frame in container.decode(stream):
-                    shape = _pyav_rgb(frame).shape
-                    break
-            except av.FFmpegError:
-                shape = None
         if shape is None:
             raise VideoDecodeError(f"{path}: no frame could be decoded")
         ticks = np.sort(np.asarray(pts_ticks, dtype=np.int64))
         origin = stream.start_time if stream.start_time is not None else int(ticks[0])
         pts = ((ticks - origin) * tb.numerator) / tb.denominator
         fps = _pyav_fps(stream)
-        last_dur = (durations[int(ticks[-1])] * tb.numerator) / tb.denominator
-        duration = float(pts[-1]) + _last_frame_duration(pts, last_dur, fps)
+        last_end = ((int(ticks[-1]) + durations[int(ticks[-1])] - origin) * tb.numerator) / tb.denominator
+        duration = _video_end(pts, last_end, fps)
     info = VideoInfo(path, fps, len(ticks), duration, int(shape[1]), int(shape[0]), "pyav")
     return _Index(pts=pts, duration_s=duration, info=info)
 
 
 def _pyav_read(path: str, index: _Index, times: np.ndarray) -> VideoClip:
-    """Decode sequentially (seeking near the window start) and keep the grid's frames."""
-    stats = _Stats()
-    for use_seek in (times[0] > 0, False):
+    """Decode sequentially (after seeking near the window start) and keep the grid's frames."""
+    for use_seek in (bool(times[0] > 0), False):
+        stats = _Stats()
         container, stream = _pyav_open(path)
         with container:
-            origin = stream.start_time
             if use_seek:
-                tb = stream.time_base
-                target = int(math.floor(times[0] / tb)) + (origin or 0)
+                target = int(math.floor(times[0] / stream.time_base)) + (stream.start_time or 0)
                 container.seek(target, stream=stream, backward=True, any_frame=False)
-            decoded = _pyav_frames(container, stream, origin, stats, path)
-            picked = list(_follow_grid(decoded, iter(times.tolist()), eof_end=math.inf))
-            if picked and picked[0][0] == times[0]:
-                break
-            if not use_seek:
-                break
-            logger.debug("%s: seek overshot the window start, decoding from the beginning", path)
-            stats = _Stats()
-    if not picked:
+            decoded = _pyav_frames(container, stream, stream.start_time, stats, path)
+            picked = _follow_grid(decoded, iter(times.tolist()), math.inf, stats)
+            first = next(picked, None)
+            if use_seek and (first is None or first[0] != times[0]):
+                logger.debug("%s: seek overshot the window start, decoding from the beginning", path)
+                continue
+            out_t, out_pts, frames = [], [], []
+            last_frame, last_rgb = None, None
+            for t, pts, frame in itertools.chain([first] if first is not None else [], picked):
+                if frame is not last_frame:
+                    last_frame, last_rgb = frame, _pyav_rgb(frame)
+                out_t.append(t)
+                out_pts.append(pts)
+                frames.append(last_rgb)
+            break
+    if not frames:
         raise VideoDecodeError(f"{path}: no frame could be decoded")
-    if len(picked) != len(times):
-        logger.warning("%s: %d of %d grid times have no decodable frame", path, len(times) - len(picked), len(times))
-    frames = np.stack([_pyav_rgb(frame) for _, _, frame in picked])
     if stats.skipped:
         logger.warning("%s: skipped %d undecodable packets/frames", path, stats.skipped)
+    if stats.dropped:
+        logger.warning("%s: %d grid times precede the first decodable frame and were dropped", path, stats.dropped)
     return VideoClip(
-        frames=frames,
-        times=np.array([t for t, _, _ in picked], dtype=np.float64),
-        frame_pts=np.array([p for _, p, _ in picked], dtype=np.float64),
+        frames=np.stack(frames),
+        times=np.array(out_t, dtype=np.float64),
+        frame_pts=np.array(out_pts, dtype=np.float64),
         info=index.info,
         skipped=stats.skipped,
     )
@@ -462,11 +487,11 @@ def _decord_open(path: str) -> Any:
     except decord.DECORDError as exc:
         if "cannot find video stream" in str(exc):
             raise VideoDecodeError(f"{path}: no video stream") from exc
-        raise VideoDecodeError(f"{path}: cannot open as a video (decord: {str(exc).splitlines()[0]})") from exc
+        raise VideoDecodeError(f"{path}: cannot open as a video (decord: {_decord_msg(exc)})") from exc
     except AssertionError as exc:
         raise VideoDecodeError(f"{path}: video stream has no frames") from exc
     except RuntimeError as exc:
-        raise VideoDecodeError(f"{path}: cannot open as a video (decord: {exc})") from exc
+        raise VideoDecodeError(f"{path}: cannot open as a video (decord: {_decord_msg(exc)})") from exc
 
 
 def _decord_index(path: str, vr: Any) -> _Index:
@@ -479,25 +504,27 @@ def _decord_index(path: str, vr: Any) -> _Index:
     if abs(start[0]) > 1e5:
         stop, start = stop - start[0], start - start[0]
     fps = float(vr.get_avg_fps())
-    pts, step = _snap_to_clock(start, fps)
+    pts, step = _snap_to_clock(start, _clock_steps(fps))
+    last_stop = float(stop[-1])
     if step is None:
         logger.debug("%s: decord timestamps kept at float32 precision (no clock lattice fits)", path)
-    last_stop = float(stop[-1])
-    if step is not None:
-        snapped_stop, _ = _snap_to_clock(np.array([last_stop]), 1 / float(step))
-        last_stop = float(snapped_stop[0])
-    duration = float(pts[-1]) + _last_frame_duration(pts, last_stop - float(pts[-1]), fps)
+    else:
+        last_stop = float(_snap_to_clock(np.array([last_stop]), [step])[0][0])
+    duration = _video_end(pts, last_stop, fps)
     try:
-        height, width = vr[0].shape[:2]
+        height, width = vr.get_batch([0]).shape[1:3]
     except decord.DECORDError as exc:
-        raise VideoDecodeError(f"{path}: first frame cannot be decoded ({str(exc).splitlines()[0]})") from exc
-    vr.seek(0)
+        # decord 0.6.0 opens some valid files it cannot decode (e.g. rotation metadata:
+        # its buffers keep the unrotated size and every get_batch fails).
+        raise _DecordUnsupported(f"{path}: decord cannot decode the first frame ({_decord_msg(exc)})") from exc
     info = VideoInfo(path, fps, n, duration, int(width), int(height), "decord")
     return _Index(pts=pts, duration_s=duration, info=info)
 
 
 def _decord_fetch(vr: Any, indices: list[int], stats: _Stats, path: str) -> dict[int, np.ndarray]:
     """Decode frames by index; on failure retry one by one and leave out the broken ones."""
+    if not indices:
+        return {}
     try:
         batch = vr.get_batch(indices).asnumpy()  # [N, H, W, 3]
         return {i: batch[j] for j, i in enumerate(indices)}
@@ -507,24 +534,37 @@ def _decord_fetch(vr: Any, indices: list[int], stats: _Stats, path: str) -> dict
             try:
                 out[i] = vr.get_batch([i]).asnumpy()[0]
             except decord.DECORDError as exc:
-                _warn_skip(stats, path, f"frame {i}: {str(exc).splitlines()[0]}")
+                logger.debug("%s: decord failed on frame %d: %s", path, i, _decord_msg(exc))
+                _warn_skip(stats, path, f"frame {i}")
         return out
 
 
 def _decord_pick(
-    vr: Any, index: _Index, times: np.ndarray, stats: _Stats, path: str, last_good: list
+    vr: Any, index: _Index, times: np.ndarray, stats: _Stats, path: str, last: _LastGood
 ) -> Iterator[tuple[float, float, np.ndarray]]:
-    """Yield (t, pts, frame) for a run of grid times; broken frames fall back to the last good one."""
+    """Yield (t, pts, frame) for a run of grid times.
+
+    A broken selected frame is replaced, as in the PyAV path, by the last good frame before
+    it: frames between the previously shown one (or up to ``_DECORD_LOOKBACK`` back) are
+    tried newest first, then ``last`` is kept.
+    """
     sel = _select_indices(index.pts, times)
     wanted = sorted({int(i) for i in sel if i >= 0})
     got = _decord_fetch(vr, wanted, stats, path)
     for t, i in zip(times.tolist(), sel.tolist()):
         if i in got:
-            last_good[:] = [float(index.pts[i]), got[i]]
-        elif not last_good:
-            logger.warning("%s: no decodable frame at or before t=%.3f s, grid time dropped", path, t)
+            last.index, last.pts, last.frame = i, float(index.pts[i]), got[i]
+        elif i > last.index:
+            for j in range(i - 1, max(last.index, i - 1 - _DECORD_LOOKBACK, -1), -1):
+                earlier = _decord_fetch(vr, [j], stats, path)
+                if j in earlier:
+                    last.index, last.pts, last.frame = j, float(index.pts[j]), earlier[j]
+                    break
+            last.index = max(last.index, i)  # do not retry the same broken range for the next grid time
+        if last.frame is None:
+            stats.dropped += 1
             continue
-        yield t, last_good[0], last_good[1]
+        yield t, last.pts, last.frame
 
 
 # -------------------------------------------------------------------------- public API
@@ -553,7 +593,12 @@ def _index(path: str, backend: Backend) -> _Index:
         raise ValueError(f"{path} is a live source without an index; use iter_frames")
     name = _resolve_backend(backend, path)
     if name == "decord":
-        return _decord_index(path, _decord_open(path))
+        try:
+            return _decord_index(path, _decord_open(path))
+        except _DecordUnsupported as exc:
+            if backend != "auto" or av is None:
+                raise
+            logger.warning("%s; falling back to PyAV", exc)
     return _pyav_index(path)
 
 
@@ -597,11 +642,13 @@ def read_video(
         return _pyav_read(path, index, times)
     stats = _Stats()
     vr = _decord_open(path)
-    picked = list(_decord_pick(vr, index, times, stats, path, []))
+    picked = list(_decord_pick(vr, index, times, stats, path, _LastGood()))
     if not picked:
         raise VideoDecodeError(f"{path}: no frame could be decoded")
     if stats.skipped:
         logger.warning("%s: skipped %d undecodable frames", path, stats.skipped)
+    if stats.dropped:
+        logger.warning("%s: %d grid times precede the first decodable frame and were dropped", path, stats.dropped)
     return VideoClip(
         frames=np.stack([f for _, _, f in picked]),
         times=np.array([t for t, _, _ in picked], dtype=np.float64),
@@ -615,25 +662,31 @@ class FrameIterator:
     """Iterator of ``(time, frame)`` pairs produced by ``iter_frames``.
 
     ``time`` is the grid time in seconds (float), ``frame`` uint8 [H, W, 3] RGB. Decoding is
-    incremental: the source is opened on the first ``next()`` and read only as far as
-    needed. Attributes, updated as iteration proceeds:
+    incremental: the source is opened on the first ``next()`` (so open errors surface
+    there) and read only as far as needed.
 
-        skipped: frames (PyAV: packets or frames) that failed to decode and were skipped.
+    Attributes:
+        skipped: frames (PyAV: packets or frames) that failed to decode and were skipped,
+            counted so far.
         last_pts: pts in seconds of the frame just yielded (<= its grid time).
         backend: "decord" or "pyav".
     """
 
-    def __init__(self, source: str, fps: float, backend: str, options: dict[str, str] | None) -> None:
+    def __init__(self, source: str, fps: float, backend: str, options: dict[str, str] | None, auto: bool) -> None:
         if not fps > 0 or not math.isfinite(fps):
             raise ValueError(f"fps must be a positive finite number, got {fps}")
         self.source = source
         self.fps = fps
         self.backend = backend
-        self.skipped = 0
+        self._auto = auto
         self.last_pts: float | None = None
         self._options = options
         self._stats = _Stats()
         self._gen = self._run()
+
+    @property
+    def skipped(self) -> int:
+        return self._stats.skipped
 
     def __iter__(self) -> FrameIterator:
         return self
@@ -646,42 +699,45 @@ class FrameIterator:
         self._gen.close()
 
     def _grid(self) -> Iterator[float]:
-        """Unbounded grid k / fps for sources whose length is unknown in advance."""
-        k = 0
-        while True:
-            yield 0.0 + k / self.fps
-            k += 1
+        """Unbounded grid k / fps (same arithmetic as ``sample_grid``) for sources of unknown length."""
+        return (k / self.fps for k in itertools.count())
 
     def _run(self) -> Iterator[tuple[float, np.ndarray]]:
         try:
             if self.backend == "decord":
-                yield from self._run_decord()
+                try:
+                    vr = _decord_open(self.source)
+                    index = _decord_index(self.source, vr)
+                except _DecordUnsupported as exc:
+                    if not self._auto or av is None:
+                        raise
+                    logger.warning("%s; falling back to PyAV", exc)
+                    self.backend = "pyav"
+            if self.backend == "decord":
+                yield from self._run_decord(vr, index)
             else:
                 yield from self._run_pyav()
         finally:
             if self._stats.skipped:
                 logger.warning("%s: skipped %d undecodable packets/frames", self.source, self._stats.skipped)
+            if self._stats.dropped:
+                logger.warning("%s: %d grid times precede the first decodable frame and were dropped", self.source, self._stats.dropped)
 
     def _run_pyav(self) -> Iterator[tuple[float, np.ndarray]]:
         container, stream = _pyav_open(self.source, self._options)
         with container:
             decoded = _pyav_frames(container, stream, None, self._stats, self.source)
-            for t, pts, frame in _follow_grid(decoded, self._grid(), eof_end=None):
-                rgb = _pyav_rgb(frame)
-                self.skipped, self.last_pts = self._stats.skipped, pts
-                yield t, rgb
-            self.skipped = self._stats.skipped
+            for t, pts, frame in _follow_grid(decoded, self._grid(), None, self._stats):
+                self.last_pts = pts
+                yield t, _pyav_rgb(frame)
 
-    def _run_decord(self) -> Iterator[tuple[float, np.ndarray]]:
-        vr = _decord_open(self.source)
-        index = _decord_index(self.source, vr)
+    def _run_decord(self, vr: Any, index: _Index) -> Iterator[tuple[float, np.ndarray]]:
         times = sample_grid(index.duration_s, self.fps)
-        last_good: list = []
+        last = _LastGood()
         for lo in range(0, len(times), _DECORD_CHUNK):
-            for t, pts, frame in _decord_pick(vr, index, times[lo : lo + _DECORD_CHUNK], self._stats, self.source, last_good):
-                self.skipped, self.last_pts = self._stats.skipped, pts
+            for t, pts, frame in _decord_pick(vr, index, times[lo : lo + _DECORD_CHUNK], self._stats, self.source, last):
+                self.last_pts = pts
                 yield t, frame
-        self.skipped = self._stats.skipped
 
 
 def iter_frames(
@@ -710,4 +766,4 @@ def iter_frames(
     name = _resolve_backend(backend, source)
     if options and name != "pyav":
         raise ValueError("options are PyAV open options; they need backend='pyav'")
-    return FrameIterator(source, fps, name, options)
+    return FrameIterator(source, fps, name, options, auto=backend == "auto")

@@ -27,7 +27,7 @@ Notable choices:
     - The kernel path prepends the W-1 context columns to x and drops the first W-1 outputs instead of
       passing the package's `initial_states`, which requires a channel-last layout; the result is the
       same convolution.
-    - Computation is in fp32; outputs are cast back to x's dtype.
+    - The reference paths compute in fp32 (fp64 for fp64 inputs); outputs are cast back to x's dtype.
 
 References:
     Dao, causal-conv1d (`causal_conv1d/causal_conv1d_interface.py`: argument conventions, state of
@@ -125,6 +125,11 @@ def _kernel_unavailable(
     return None
 
 
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The reference paths compute in fp32, or in fp64 when given fp64 inputs (exact tests)."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
 def _check_activation(activation: Activation) -> None:
     """Raise on anything but None or "silu"."""
     if activation not in (None, "silu"):
@@ -152,7 +157,7 @@ def causal_conv1d_ref(
     activation: Activation = None,
     initial_state: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Depthwise causal convolution in plain PyTorch (fp32 compute, differentiable).
+    """Depthwise causal convolution in plain PyTorch (fp32 compute, fp64 for fp64 inputs; differentiable).
 
     Args:
         x: [B, Din, T] input.
@@ -168,9 +173,10 @@ def causal_conv1d_ref(
     _check_activation(activation)
     _check_state(x, weight, initial_state, "initial_state")
     width = weight.shape[1]
-    padded = _left_context(x.float(), width, initial_state)  # [B, Din, T + W - 1]
-    bias_f = bias.float() if bias is not None else None
-    out = F.conv1d(padded, weight.float()[:, None, :], bias_f, groups=weight.shape[0])  # [B, Din, T]
+    cdt = _compute_dtype(x)
+    padded = _left_context(x.to(cdt), width, initial_state)  # [B, Din, T + W - 1]
+    bias_c = bias.to(cdt) if bias is not None else None
+    out = F.conv1d(padded, weight.to(cdt)[:, None, :], bias_c, groups=weight.shape[0])  # [B, Din, T]
     if activation == "silu":
         out = F.silu(out)
     return out.to(x.dtype)
@@ -256,9 +262,10 @@ def causal_conv1d_update(
     window = torch.cat([conv_state[:, :, 1:], x[:, :, None].to(conv_state.dtype)], dim=2)  # [B, Din, W], rolled
     # The output reads `window`, not the buffer, so autograd never sees the buffer's in-place writes.
     conv_state.copy_(window)
-    out = torch.einsum("bdw,dw->bd", window.float(), weight.float())  # [B, Din]
+    cdt = _compute_dtype(x)
+    out = torch.einsum("bdw,dw->bd", window.to(cdt), weight.to(cdt))  # [B, Din]
     if bias is not None:
-        out = out + bias.float()
+        out = out + bias.to(cdt)
     if activation == "silu":
         out = F.silu(out)
     return out.to(x.dtype)

@@ -22,14 +22,17 @@ Functions:
     override_impl              context manager forcing one path (tests).
 
 Notable choices:
-    - Everything is computed in fp32 whatever the input dtype; outputs are cast back to u's dtype
-      and final states stay fp32, because the state accumulates over thousands of frames.
-    - The chunked reference never forms exp(+cumsum): inside a chunk it takes a Hillis-Steele
-      (log-depth) scan whose decay factors are exp(S_t - S_{t-k}) with S the in-chunk cumulative
-      sum of delta*A, so every factor lies in (0, 1] when delta*A <= 0 (always true in Mamba,
-      where A = -exp(A_log) and delta = softplus(.)). Chunking keeps S short (no fp32
-      cancellation over long sequences) and bounds the per-chunk working set to
-      O(B * Din * chunk_size * N * log2(chunk_size)).
+    - The reference paths compute in fp32 whatever the input dtype (fp64 for fp64 inputs, so tests
+      can check the algebra exactly); outputs are cast back to u's dtype and final states stay in
+      the compute dtype, because the state accumulates over thousands of frames.
+    - The chunked reference splits T into chunks of `chunk_size` steps. Inside a chunk, the
+      zero-start states come from a Hillis-Steele (log-depth) scan over time whose window decays
+      are products of the per-step factors exp(delta_t * A), built by repeated squaring: no
+      differences of large log-decays, so no fp32 cancellation. The state carried in from the
+      previous chunk enters as exp(S_t) * h_in, with S_t the in-chunk cumulative sum of
+      delta * A (log space). Every factor lies in (0, 1] when delta * A <= 0, which always holds
+      in Mamba (A = -exp(A_log), delta = softplus(.)). Only one chunk's intermediates are alive
+      at a time without autograd; with autograd memory grows like T * log2(chunk_size).
     - mamba_ssm's `selective_scan_fn` has no initial-state argument. The kernel path adds the
       initial state's contribution afterwards, which is exact because the recurrence is linear
       in h: h_t += exp(S_t) * h_0 with S_t the cumulative sum of delta*A from the start.
@@ -134,13 +137,18 @@ def _kernel_unavailable(
     return None
 
 
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The reference paths compute in fp32, or in fp64 when given fp64 inputs (exact tests)."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
 def _prepare_delta(
-    delta: torch.Tensor, delta_bias: torch.Tensor | None, delta_softplus: bool
+    delta: torch.Tensor, delta_bias: torch.Tensor | None, delta_softplus: bool, dtype: torch.dtype = torch.float32
 ) -> torch.Tensor:
-    """fp32 delta with the bias added ([Din] broadcast over [B, Din, T]) and softplus applied."""
-    delta = delta.float()
+    """delta in `dtype` with the bias added ([Din] broadcast over [B, Din, T]) and softplus applied."""
+    delta = delta.to(dtype)
     if delta_bias is not None:
-        delta = delta + delta_bias.float()[:, None]
+        delta = delta + delta_bias.to(dtype)[:, None]
     if delta_softplus:
         delta = F.softplus(delta)
     return delta
@@ -149,11 +157,11 @@ def _prepare_delta(
 def _finish_output(
     y: torch.Tensor, u: torch.Tensor, D: torch.Tensor | None, z: torch.Tensor | None
 ) -> torch.Tensor:
-    """Skip connection and SiLU gate on the fp32 scan output y [B, Din, T]; fp32 result."""
+    """Skip connection and SiLU gate on the scan output y [B, Din, T], in y's (compute) dtype."""
     if D is not None:
-        y = y + D.float()[:, None] * u
+        y = y + D.to(y.dtype)[:, None] * u
     if z is not None:
-        y = y * F.silu(z.float())
+        y = y * F.silu(z.to(y.dtype))
     return y
 
 
@@ -181,19 +189,22 @@ def _check_shapes(
         raise ValueError(f"initial_state must be [B, Din, N] = {expected_state}; got {tuple(initial_state.shape)}")
 
 
-def _scan_within_chunk(log_decay: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Zero-initial-state states of h_t = a_t h_{t-1} + x_t over one chunk (time on dim 2).
+def _scan_within_chunk(decay: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """States of h_t = a_t * h_{t-1} + x_t over one chunk from h = 0 (time on dim 2).
 
-    log_decay: [B, Din, L, N], S_t = sum_{s<=t} log a_s (in-chunk cumulative sum of delta*A).
-    x: [B, Din, L, N], the per-step inputs delta_t * B_t * u_t.
-    Returns h: [B, Din, L, N]. Hillis-Steele: after the pass with offset k every position holds
-    the contribution of the 2k most recent steps; exp(S_t - S_{t-k}) is the decay over (t-k, t].
+    decay: [B, Din, L, N] per-step factors a_t = exp(delta_t * A).
+    x: [B, Din, L, N] per-step inputs delta_t * B_t * u_t.
+    Returns h: [B, Din, L, N]. Hillis-Steele: before the pass with offset k, x[t] holds the
+    contribution of steps (t-k, t] and decay[t] their product a_t * ... * a_{t-k+1}; the pass
+    adds decay[t] * x[t-k], and the window products double by repeated squaring.
     """
     length = x.shape[2]
     k = 1
     while k < length:
-        decay = torch.exp(log_decay[:, :, k:] - log_decay[:, :, :-k])  # [B, Din, L-k, N]
-        x = torch.cat([x[:, :, :k], x[:, :, k:] + decay * x[:, :, :-k]], dim=2)
+        # [B, Din, L-k, N]: x[t] + (a_t ... a_{t-k+1}) * x[t-k]; the first k positions are complete.
+        x = torch.cat([x[:, :, :k], torch.addcmul(x[:, :, k:], decay[:, :, k:], x[:, :, :-k])], dim=2)
+        if 2 * k < length:
+            decay = torch.cat([decay[:, :, :k], decay[:, :, k:] * decay[:, :, :-k]], dim=2)
         k *= 2
     return x
 
@@ -212,7 +223,7 @@ def selective_scan_ref(
     return_last_state: bool = False,
     chunk_size: int = 64,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """Chunked selective scan in plain PyTorch (fp32 compute, differentiable).
+    """Chunked selective scan in plain PyTorch (fp32 compute, fp64 for fp64 inputs; differentiable).
 
     Args:
         u: [B, Din, T] input sequence.
@@ -226,37 +237,41 @@ def selective_scan_ref(
         delta_softplus: apply softplus to delta (after the bias).
         initial_state: [B, Din, N] state before the first step (any float dtype), or None for zeros.
         return_last_state: also return the state after the last step.
-        chunk_size: time steps per chunk. Peak memory per chunk is about
-            B * Din * chunk_size * N * 4 bytes times (2 * log2(chunk_size) + 5) under autograd.
+        chunk_size: time steps per chunk. Without autograd the working set is a few
+            [B, Din, chunk_size, N] tensors; autograd keeps about 2 * log2(chunk_size) + 6 of
+            them per chunk.
 
     Returns:
-        out: [B, Din, T] in u's dtype; and, with return_last_state, last_state: [B, Din, N] fp32.
+        out: [B, Din, T] in u's dtype; and, with return_last_state, last_state: [B, Din, N] fp32
+        (fp64 for fp64 inputs).
     """
     _check_shapes(u, delta, A, B, C, initial_state)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
     dtype_in = u.dtype
     batch, d_inner, seqlen = u.shape
-    u_f = u.float()
-    delta = _prepare_delta(delta, delta_bias, delta_softplus)
-    A = A.float()
-    B = B.float()
-    C = C.float()
+    cdt = _compute_dtype(u)
+    u_f = u.to(cdt)
+    delta = _prepare_delta(delta, delta_bias, delta_softplus, cdt)
+    A = A.to(cdt)
+    B = B.to(cdt)
+    C = C.to(cdt)
     if initial_state is None:
         h = u_f.new_zeros(batch, d_inner, A.shape[1])
     else:
         # Copy: callers update their state buffer in place after this call, and autograd saves h.
-        h = initial_state.to(torch.float32, copy=True)
+        h = initial_state.to(cdt, copy=True)
 
     ys = []
     for start in range(0, seqlen, chunk_size):
         stop = min(start + chunk_size, seqlen)
         delta_c = delta[:, :, start:stop]  # [B, Din, L]
-        log_decay = torch.cumsum(delta_c[..., None] * A[:, None, :], dim=2)  # [B, Din, L, N]
+        delta_A = delta_c[..., None] * A[:, None, :]  # [B, Din, L, N], log of the per-step decay
         B_c = B[:, None, :, start:stop].transpose(2, 3)  # [B, 1, L, N]
         x = (delta_c * u_f[:, :, start:stop])[..., None] * B_c  # [B, Din, L, N], delta_t * B_t * u_t
-        # States from a zero start, plus the carried state decayed from the chunk start to t.
-        states = _scan_within_chunk(log_decay, x) + torch.exp(log_decay) * h[:, :, None, :]  # [B, Din, L, N]
+        # States from a zero start, plus the carried state decayed by exp(S_t) from the chunk start to t.
+        carry_decay = torch.exp(torch.cumsum(delta_A, dim=2))  # [B, Din, L, N]
+        states = torch.addcmul(_scan_within_chunk(torch.exp(delta_A), x), carry_decay, h[:, :, None, :])
         ys.append(torch.einsum("bdln,bnl->bdl", states, C[:, :, start:stop]))  # [B, Din, L]
         h = states[:, :, -1]  # [B, Din, N], carried to the next chunk
     y = torch.cat(ys, dim=2) if ys else u_f.new_zeros(batch, d_inner, 0)  # [B, Din, T]
@@ -286,15 +301,16 @@ def selective_scan_sequential(
     _check_shapes(u, delta, A, B, C, initial_state)
     dtype_in = u.dtype
     batch, d_inner, seqlen = u.shape
-    u_f = u.float()
-    delta = _prepare_delta(delta, delta_bias, delta_softplus)
-    A = A.float()
-    B = B.float()
-    C = C.float()
+    cdt = _compute_dtype(u)
+    u_f = u.to(cdt)
+    delta = _prepare_delta(delta, delta_bias, delta_softplus, cdt)
+    A = A.to(cdt)
+    B = B.to(cdt)
+    C = C.to(cdt)
     if initial_state is None:
         h = u_f.new_zeros(batch, d_inner, A.shape[1])
     else:
-        h = initial_state.to(torch.float32, copy=True)
+        h = initial_state.to(cdt, copy=True)
     ys = []
     for t in range(seqlen):
         decay = torch.exp(delta[:, :, t, None] * A)  # [B, Din, N]
@@ -398,23 +414,24 @@ def _selective_state_update_ref(
     dt_bias: torch.Tensor | None,
     dt_softplus: bool,
 ) -> torch.Tensor:
-    """One recurrence step in fp32; writes the new state into `state` and returns y [B, Din]."""
-    dt = dt.float()
+    """One recurrence step in the compute dtype; writes the new state into `state`, returns y [B, Din]."""
+    cdt = _compute_dtype(x)
+    dt = dt.to(cdt)
     if dt_bias is not None:
-        dt = dt + dt_bias.float()
+        dt = dt + dt_bias.to(cdt)
     if dt_softplus:
         dt = F.softplus(dt)
-    x_f = x.float()
-    decay = torch.exp(dt[..., None] * A.float())  # [B, Din, N]
+    x_f = x.to(cdt)
+    decay = torch.exp(dt[..., None] * A.to(cdt))  # [B, Din, N]
     # Copy: `state` is overwritten below, and autograd would otherwise save the buffer itself.
-    previous = state.to(torch.float32, copy=True)  # [B, Din, N]
-    new_state = decay * previous + (dt * x_f)[..., None] * B.float()[:, None, :]  # [B, Din, N]
-    y = torch.einsum("bdn,bn->bd", new_state, C.float())  # [B, Din]; from the fp32 state, as the scan does
+    previous = state.to(cdt, copy=True)  # [B, Din, N]
+    new_state = decay * previous + (dt * x_f)[..., None] * B.to(cdt)[:, None, :]  # [B, Din, N]
+    y = torch.einsum("bdn,bn->bd", new_state, C.to(cdt))  # [B, Din]; from the unrounded state, as the scan does
     state.copy_(new_state)
     if D is not None:
-        y = y + D.float() * x_f
+        y = y + D.to(cdt) * x_f
     if z is not None:
-        y = y * F.silu(z.float())
+        y = y * F.silu(z.to(cdt))
     return y.to(x.dtype)
 
 

@@ -1,0 +1,97 @@
+"""StreamDataset: turn ends, gate labels, dialogue rendering, bad input (raise or counted skip), caches.
+
+Run: .venv/bin/python -m pytest tests/test_stream_dataset.py -q
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from streammind.datasets.annotations import load_annotations
+from streammind.datasets.collator import StreamCollator
+from streammind.datasets.stream import BadSample, FeatureCache, StreamDataset, turn_end_frames, vision_cache_key
+from tests.conftest import make_tiny
+
+
+def test_turn_end_frames_rule():
+    times = np.arange(0, 5, 0.5)  # 0.0 .. 4.5
+    # A turn at 1.0 ends on the frame at 1.0; at 1.2 on the last frame before (1.0) -> same frame.
+    assert turn_end_frames(times, [1.0, 2.2, 4.9]) == [3, 5, 10]
+    with pytest.raises(BadSample, match="same frame"):
+        turn_end_frames(times, [1.0, 1.2])
+    with pytest.raises(BadSample, match="past the video's end"):
+        turn_end_frames(times, [6.0])
+    with pytest.raises(BadSample, match="no frames"):
+        turn_end_frames(np.array([]), [1.0])
+
+
+def test_examples_follow_the_annotations(small_world, tiny_tokenizer):
+    model, processor = make_tiny(tiny_tokenizer)
+    records = load_annotations(small_world / "train.jsonl")
+    both = StreamDataset(records, small_world, processor, stage="both")
+    ex = both[0]
+    rec = records[0]
+    n = len(ex["gate_labels"])
+    assert ex["pixel_values"].shape[0] == n
+    times = np.arange(n) / 2.0
+    expected_ends = [int(np.searchsorted(times, t.time + 1e-6, side="right")) for t in rec.turns]
+    assert ex["turn_ends"] == expected_ends
+    assert [i for i, g in enumerate(ex["gate_labels"]) if g == 1] == [e - 1 for e in expected_ends]
+    text = tiny_tokenizer.decode(ex["input_ids"])
+    assert rec.query in text and all(t.text in text for t in rec.turns)
+    # Stage 1 drops frames after the last reply; stage 2 keeps them all.
+    assert StreamDataset(records, small_world, processor, stage=1)[0]["pixel_values"].shape[0] == expected_ends[-1]
+    batch = StreamCollator(processor.pad_token_id)([both[0], both[1]])
+    out = model(**batch)
+    assert torch.isfinite(out.loss)
+
+
+def _write(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_bad_records_raise_or_are_counted(small_world, tiny_tokenizer, tmp_path):
+    _, processor = make_tiny(tiny_tokenizer)
+    good = json.loads((small_world / "train.jsonl").read_text().splitlines()[0])
+    (tmp_path / "broken.mp4").write_bytes(b"not a video at all")
+    import shutil
+
+    shutil.copy(small_world / good["video"], tmp_path / "ok.mp4")
+    rows = [
+        {**good, "video": "ok.mp4"},
+        {**good, "video": "missing.mp4"},
+        {**good, "video": "broken.mp4"},
+        {**good, "video": "ok.mp4", "turns": []},
+        {**good, "video": "ok.mp4", "turns": [{"time": 999.0, "text": "late"}]},
+    ]
+    path = _write(tmp_path / "anns.jsonl", rows)
+    with pytest.raises(BadSample, match="missing.mp4"):
+        StreamDataset(path, tmp_path, processor, on_error="raise")
+    ds = StreamDataset(path, tmp_path, processor, on_error="skip")
+    assert len(ds) == 1
+    assert dict(ds.skipped) == {"missing_video": 1, "undecodable_video": 1, "no_turns": 1, "turn_past_end": 1}
+
+
+def test_feature_cache_round_trip_and_key(small_world, tiny_tokenizer, tmp_path):
+    model, processor = make_tiny(tiny_tokenizer)
+    key = vision_cache_key(model)
+    cache = FeatureCache(tmp_path, key)
+    records = load_annotations(small_world / "train.jsonl")[:2]
+    ds = StreamDataset(records, small_world, processor, stage=2, feature_cache=cache, encoder=model.vision.encode_frames)
+    first = ds[0]["frame_features"]
+    assert len(list(tmp_path.rglob("*.pt"))) == 1
+    again = ds[0]["frame_features"]
+    assert torch.equal(first, again)
+    pixels = StreamDataset(records, small_world, processor, stage=2)[0]["pixel_values"]
+    with torch.no_grad():
+        assert torch.allclose(model.vision(pixels), first, atol=1e-6)
+    # Anything that changes features changes the key.
+    other, _ = make_tiny(tiny_tokenizer, seed=1)
+    assert vision_cache_key(other) != key
+    pooled, _ = make_tiny(tiny_tokenizer, frame_pooling="max")
+    assert vision_cache_key(pooled) != vision_cache_key(make_tiny(tiny_tokenizer)[0])
