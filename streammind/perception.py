@@ -61,6 +61,10 @@ class PerceptionState:
     Attributes:
         conv_state: [B, Din, W] the last W conv inputs, newest last, in the activation dtype.
         ssm_state: [B, Din, N] the SSM state, fp32.
+
+    Updates are in-place copies, so with autograd enabled the buffers carry the graph of the last
+    update: stream under `torch.inference_mode()` (as `StreamingSession` does), and detach between
+    chunks for truncated backpropagation through time.
     """
 
     conv_state: torch.Tensor
@@ -132,9 +136,7 @@ class MambaMixer(nn.Module):
         self.dt_init_floor = dt_init_floor
 
         self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias)
-        self.conv1d = nn.Conv1d(
-            self.d_inner, self.d_inner, d_conv, groups=self.d_inner, padding=d_conv - 1, bias=conv_bias
-        )
+        self.conv1d = nn.Conv1d(self.d_inner, self.d_inner, d_conv, groups=self.d_inner, padding=d_conv - 1, bias=conv_bias)
         self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False)
         self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True)
         self.A_log = nn.Parameter(torch.empty(self.d_inner, d_state))
@@ -317,9 +319,7 @@ class PerceptionEncoder(nn.Module):
         self.norm_f.reset_parameters()
         self.post_proj.reset_parameters()
 
-    def init_state(
-        self, batch_size: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None
-    ) -> PerceptionState:
+    def init_state(self, batch_size: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> PerceptionState:
         """Zero state for `batch_size` streams; device and conv dtype default to the parameters'."""
         mixer = self.block.mixer
         weight = self.pre_proj.weight

@@ -214,7 +214,7 @@ def apply_lora(model, model_args: ModelArguments) -> None:
 def main(argv: list[str] | None = None) -> str:
     """Train one stage; returns the output directory (holding the final model)."""
     model_args, data_args, args, resolved = parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.local_rank in (-1, 0) else logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO if args.process_index == 0 else logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     if args.stage == 2 and model_args.init_from is None:
         raise ValueError("stage 2 starts from the stage-1 checkpoint: set init_from")
     set_seed(args.seed)

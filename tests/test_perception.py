@@ -161,10 +161,30 @@ def test_mixer_parameter_names_and_shapes_match_mamba_ssm():
 
 def test_encoder_parameter_names():
     names = {name for name, _ in PerceptionEncoder(VISION_DIM, D_MODEL).named_parameters()}
-    mixer = {f"block.mixer.{n}" for n in ("in_proj.weight", "conv1d.weight", "conv1d.bias", "x_proj.weight",
-                                           "dt_proj.weight", "dt_proj.bias", "A_log", "D", "out_proj.weight")}
-    outer = {"pre_proj.weight", "pre_proj.bias", "block.norm.weight", "block.norm.bias",
-             "norm_f.weight", "norm_f.bias", "post_proj.weight", "post_proj.bias"}
+    mixer = {
+        f"block.mixer.{n}"
+        for n in (
+            "in_proj.weight",
+            "conv1d.weight",
+            "conv1d.bias",
+            "x_proj.weight",
+            "dt_proj.weight",
+            "dt_proj.bias",
+            "A_log",
+            "D",
+            "out_proj.weight",
+        )
+    }
+    outer = {
+        "pre_proj.weight",
+        "pre_proj.bias",
+        "block.norm.weight",
+        "block.norm.bias",
+        "norm_f.weight",
+        "norm_f.bias",
+        "post_proj.weight",
+        "post_proj.bias",
+    }
     assert names == mixer | outer
 
 

@@ -123,7 +123,6 @@ def _check_stream(
         previous = turn.time
 
 
-
 @dataclass(frozen=True)
 class Turn:
     """One assistant reply at a time (seconds from the video's first frame)."""

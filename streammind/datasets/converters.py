@@ -61,7 +61,7 @@ EGO4D_VIDEO_TEMPLATE = "{video_uid}.mp4"
 SOCCER_VIDEO_TEMPLATE = "{match}/{half}_224p.mkv"
 SOCCER_LABELS_NAME = "Labels-caption.json"
 
-_GAME_TIME = re.compile(r"^\s*(\d+)\s*-\s*(\d+):([0-5]\d)\s*$")
+_GAME_TIME = re.compile(r"^\s*(\d+)\s*-\s*(\d{2,3}):([0-5]\d)\s*$")
 # Slack for float noise in t * fps (e.g. 0.7 * 10 = 7.000000000000001 must stay on slot 7).
 _GRID_EPS = 1e-9
 
@@ -271,7 +271,9 @@ def _parser() -> argparse.ArgumentParser:
     ego.add_argument("--fps", type=float, default=2.0, help="grid the narration times are ceiled to (default: 2)")
     ego.add_argument("--query", default=EGO4D_QUERY, help=f"user request stored in each record (default: {EGO4D_QUERY!r})")
     ego.add_argument("--video-template", default=EGO4D_VIDEO_TEMPLATE, help="video path with {video_uid} (default: %(default)s)")
-    ego.add_argument("--first-pass-only", action="store_true", help="keep only each video's first annotation pass (original StreamMind eval)")
+    ego.add_argument(
+        "--first-pass-only", action="store_true", help="keep only each video's first annotation pass (original StreamMind eval)"
+    )
 
     soc = sub.add_parser("soccernet", help="SoccerNet / MatchTime Labels-caption.json (a file or a folder to walk)")
     soc.add_argument("src", type=Path, help="one Labels-caption.json, or a folder searched recursively")

@@ -26,7 +26,8 @@ optional: this module imports without either and raises ``ImportError`` naming b
 a function needs one. On the same file the two backends give identical grid times,
 identical selected frame pts and frame indices, and (measured on the sample clips and on
 H.264 clips we encode in the tests) bit-identical RGB pixels: both convert YUV to RGB
-with swscale at the frame's own colorspace (BT.709 and BT.601 clips both matched).
+with swscale at the frame's own colorspace (a BT.709-tagged and an untagged, BT.601,
+clip both matched exactly).
 
 Notable details:
 
@@ -37,13 +38,19 @@ Notable details:
   lattice only when it is unambiguous at float32 precision. When none fits (variable
   frame rate on a fine clock, or very long files) the float32 values are kept and pts may
   differ from PyAV's by that rounding.
-- decord applies the rotation side data itself; the PyAV path rotates by
-  ``VideoFrame.rotation`` so both return the displayed orientation.
+- Frames are returned in display orientation: the PyAV path rotates by
+  ``VideoFrame.rotation``. decord 0.6.0 opens files with rotation metadata but fails on
+  every frame (and also failed on a short MPEG-TS clip we wrote); when decord cannot
+  decode a file's first frame, ``backend="auto"`` logs a warning and uses PyAV.
 - Broken data. ``iter_frames`` skips frames that fail to decode, counts them in
   ``FrameIterator.skipped`` and logs a warning; a grid time whose frame was lost gets the
   last good frame before it. ``read_video`` does the same and reports the count in
-  ``VideoClip.skipped``. The two backends lose different numbers of frames around the
-  same corruption (decord drops whole seek ranges), so counts are backend-specific.
+  ``VideoClip.skipped``. The two backends lose different frames around the same
+  corruption (decord fails whole keyframe-to-frame seek ranges), so counts and the
+  substituted frames are backend-specific. decord's threaded decoder also fails
+  nondeterministically on good frames near corrupt packets; a failed request is retried
+  on a freshly opened reader (``_DecordReader``), which made the outcome repeatable in
+  our tests.
 
 Notation: T sampled frames, H x W frame size, 3 RGB channels.
 """
@@ -86,6 +93,8 @@ _FLOAT32_REL_TOL = 2.0**-22
 _DECORD_CHUNK = 16
 # How far back decord looks for a good frame when a window's first selected frame is broken.
 _DECORD_LOOKBACK = 64
+# Tries per frame (each after reopening the reader) before decord declares it broken.
+_DECORD_ATTEMPTS = 3
 
 
 class VideoDecodeError(Exception):
@@ -145,6 +154,7 @@ class _Index:
     pts: np.ndarray
     duration_s: float
     info: VideoInfo
+    reader: Any = None  # the open _DecordReader (decord backend), reused for decoding
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -494,8 +504,37 @@ def _decord_open(path: str) -> Any:
         raise VideoDecodeError(f"{path}: cannot open as a video (decord: {_decord_msg(exc)})") from exc
 
 
-def _decord_index(path: str, vr: Any) -> _Index:
+class _DecordReader:
+    """A decord VideoReader that is reopened after a decode error.
+
+    decord's threaded decoder reads packets ahead, so corrupt data near a requested frame
+    can make the request fail, and the reader can stay failing; which requests fail varies
+    from run to run. A fresh reader and a retry makes the outcome repeatable.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.vr = _decord_open(path)
+
+    def reopen(self) -> None:
+        self.vr = _decord_open(self.path)
+
+    def frames(self, indices: list[int], attempts: int = 1) -> np.ndarray:
+        """uint8 [N, H, W, 3] frames; after a failure reopen and retry, up to ``attempts`` tries."""
+        attempt = 1
+        while True:
+            try:
+                return self.vr.get_batch(indices).asnumpy()
+            except decord.DECORDError:
+                self.reopen()
+                if attempt >= attempts:
+                    raise
+                attempt += 1
+
+
+def _decord_index(path: str, reader: _DecordReader) -> _Index:
     """Frame pts from decord's float32 timestamps, snapped to exact values when possible."""
+    vr = reader.vr
     n = len(vr)
     ts = vr.get_frame_timestamp(np.arange(n)).astype(np.float64)  # [N, 2] (start, stop)
     start, stop = ts[:, 0], ts[:, 1]
@@ -512,36 +551,34 @@ def _decord_index(path: str, vr: Any) -> _Index:
         last_stop = float(_snap_to_clock(np.array([last_stop]), [step])[0][0])
     duration = _video_end(pts, last_stop, fps)
     try:
-        height, width = vr.get_batch([0]).shape[1:3]
+        height, width = reader.frames([0], attempts=_DECORD_ATTEMPTS).shape[1:3]
     except decord.DECORDError as exc:
         # decord 0.6.0 opens some valid files it cannot decode (e.g. rotation metadata:
         # its buffers keep the unrotated size and every get_batch fails).
         raise _DecordUnsupported(f"{path}: decord cannot decode the first frame ({_decord_msg(exc)})") from exc
     info = VideoInfo(path, fps, n, duration, int(width), int(height), "decord")
-    return _Index(pts=pts, duration_s=duration, info=info)
+    return _Index(pts=pts, duration_s=duration, info=info, reader=reader)
 
 
-def _decord_fetch(vr: Any, indices: list[int], stats: _Stats, path: str) -> dict[int, np.ndarray]:
+def _decord_fetch(reader: _DecordReader, indices: list[int], stats: _Stats) -> dict[int, np.ndarray]:
     """Decode frames by index; on failure retry one by one and leave out the broken ones."""
     if not indices:
         return {}
     try:
-        batch = vr.get_batch(indices).asnumpy()  # [N, H, W, 3]
+        batch = reader.frames(indices)  # [N, H, W, 3]
         return {i: batch[j] for j, i in enumerate(indices)}
     except decord.DECORDError:
         out = {}
         for i in indices:
             try:
-                out[i] = vr.get_batch([i]).asnumpy()[0]
+                out[i] = reader.frames([i], attempts=_DECORD_ATTEMPTS)[0]
             except decord.DECORDError as exc:
-                logger.debug("%s: decord failed on frame %d: %s", path, i, _decord_msg(exc))
-                _warn_skip(stats, path, f"frame {i}")
+                logger.debug("%s: decord failed on frame %d: %s", reader.path, i, _decord_msg(exc))
+                _warn_skip(stats, reader.path, f"frame {i}")
         return out
 
 
-def _decord_pick(
-    vr: Any, index: _Index, times: np.ndarray, stats: _Stats, path: str, last: _LastGood
-) -> Iterator[tuple[float, float, np.ndarray]]:
+def _decord_pick(index: _Index, times: np.ndarray, stats: _Stats, last: _LastGood) -> Iterator[tuple[float, float, np.ndarray]]:
     """Yield (t, pts, frame) for a run of grid times.
 
     A broken selected frame is replaced, as in the PyAV path, by the last good frame before
@@ -550,13 +587,13 @@ def _decord_pick(
     """
     sel = _select_indices(index.pts, times)
     wanted = sorted({int(i) for i in sel if i >= 0})
-    got = _decord_fetch(vr, wanted, stats, path)
+    got = _decord_fetch(index.reader, wanted, stats)
     for t, i in zip(times.tolist(), sel.tolist()):
         if i in got:
             last.index, last.pts, last.frame = i, float(index.pts[i]), got[i]
         elif i > last.index:
             for j in range(i - 1, max(last.index, i - 1 - _DECORD_LOOKBACK, -1), -1):
-                earlier = _decord_fetch(vr, [j], stats, path)
+                earlier = _decord_fetch(index.reader, [j], stats)
                 if j in earlier:
                     last.index, last.pts, last.frame = j, float(index.pts[j]), earlier[j]
                     break
@@ -594,7 +631,7 @@ def _index(path: str, backend: Backend) -> _Index:
     name = _resolve_backend(backend, path)
     if name == "decord":
         try:
-            return _decord_index(path, _decord_open(path))
+            return _decord_index(path, _DecordReader(path))
         except _DecordUnsupported as exc:
             if backend != "auto" or av is None:
                 raise
@@ -641,8 +678,7 @@ def read_video(
     if index.info.backend == "pyav":
         return _pyav_read(path, index, times)
     stats = _Stats()
-    vr = _decord_open(path)
-    picked = list(_decord_pick(vr, index, times, stats, path, _LastGood()))
+    picked = list(_decord_pick(index, times, stats, _LastGood()))
     if not picked:
         raise VideoDecodeError(f"{path}: no frame could be decoded")
     if stats.skipped:
@@ -706,15 +742,14 @@ class FrameIterator:
         try:
             if self.backend == "decord":
                 try:
-                    vr = _decord_open(self.source)
-                    index = _decord_index(self.source, vr)
+                    index = _decord_index(self.source, _DecordReader(self.source))
                 except _DecordUnsupported as exc:
                     if not self._auto or av is None:
                         raise
                     logger.warning("%s; falling back to PyAV", exc)
                     self.backend = "pyav"
             if self.backend == "decord":
-                yield from self._run_decord(vr, index)
+                yield from self._run_decord(index)
             else:
                 yield from self._run_pyav()
         finally:
@@ -731,11 +766,11 @@ class FrameIterator:
                 self.last_pts = pts
                 yield t, _pyav_rgb(frame)
 
-    def _run_decord(self, vr: Any, index: _Index) -> Iterator[tuple[float, np.ndarray]]:
+    def _run_decord(self, index: _Index) -> Iterator[tuple[float, np.ndarray]]:
         times = sample_grid(index.duration_s, self.fps)
         last = _LastGood()
         for lo in range(0, len(times), _DECORD_CHUNK):
-            for t, pts, frame in _decord_pick(vr, index, times[lo : lo + _DECORD_CHUNK], self._stats, self.source, last):
+            for t, pts, frame in _decord_pick(index, times[lo : lo + _DECORD_CHUNK], self._stats, last):
                 self.last_pts = pts
                 yield t, frame
 

@@ -212,9 +212,7 @@ def causal_conv1d(
     return _kernel_causal_conv1d(padded, weight, bias, activation=activation)[:, :, width - 1 :]
 
 
-def causal_conv1d_final_state(
-    x: torch.Tensor, width: int, initial_state: torch.Tensor | None = None
-) -> torch.Tensor:
+def causal_conv1d_final_state(x: torch.Tensor, width: int, initial_state: torch.Tensor | None = None) -> torch.Tensor:
     """The conv state after consuming x: its last W inputs, [B, Din, W], newest last.
 
     Args:

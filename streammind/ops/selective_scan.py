@@ -124,9 +124,7 @@ def _use_kernel(op: str, impl: Impl, unavailable: tuple[type[Exception], str] | 
     return False
 
 
-def _kernel_unavailable(
-    kernel: object, module_path: str, tensors: list[torch.Tensor | None]
-) -> tuple[type[Exception], str] | None:
+def _kernel_unavailable(kernel: object, module_path: str, tensors: list[torch.Tensor | None]) -> tuple[type[Exception], str] | None:
     """Why the kernel cannot take `tensors` (the first is the input), as (exception type, reason), or None."""
     if kernel is None:
         return ImportError, f"{module_path} is not importable; {_INSTALL_HINT}"
@@ -154,9 +152,7 @@ def _prepare_delta(
     return delta
 
 
-def _finish_output(
-    y: torch.Tensor, u: torch.Tensor, D: torch.Tensor | None, z: torch.Tensor | None
-) -> torch.Tensor:
+def _finish_output(y: torch.Tensor, u: torch.Tensor, D: torch.Tensor | None, z: torch.Tensor | None) -> torch.Tensor:
     """Skip connection and SiLU gate on the scan output y [B, Din, T], in y's (compute) dtype."""
     if D is not None:
         y = y + D.to(y.dtype)[:, None] * u
@@ -377,20 +373,24 @@ def selective_scan(
         [u, delta, A, B, C, D, z, delta_bias, initial_state],
     )
     if not _use_kernel("selective_scan", impl, unavailable, u.is_cuda):
-        return selective_scan_ref(
-            u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_last_state, chunk_size
-        )
+        return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_last_state, chunk_size)
     _check_shapes(u, delta, A, B, C, initial_state)
-    # The kernel wants delta and z in u's dtype, fp32 A / D / delta_bias, B and C in u's dtype or fp32.
-    delta_k = delta.to(u.dtype)
+    # The kernel checks dtypes: delta, z and the time-varying B, C in u's dtype; A, D, delta_bias fp32.
     z_k = z.to(u.dtype) if z is not None else None
-    B_k = B if B.dtype in (u.dtype, torch.float32) else B.to(u.dtype)
-    C_k = C if C.dtype in (u.dtype, torch.float32) else C.to(u.dtype)
     D_k = D.float() if D is not None else None
     bias_k = delta_bias.float() if delta_bias is not None else None
     need_state = return_last_state or initial_state is not None
     result = _kernel_selective_scan(
-        u, delta_k, A.float(), B_k, C_k, D_k, z_k, bias_k, delta_softplus, return_last_state=need_state
+        u,
+        delta.to(u.dtype),
+        A.float(),
+        B.to(u.dtype),
+        C.to(u.dtype),
+        D_k,
+        z_k,
+        bias_k,
+        delta_softplus,
+        return_last_state=need_state,
     )
     if not need_state:
         return result
@@ -462,16 +462,12 @@ def selective_state_update(
         y: [B, Din] in x's dtype. Stepping T times equals `selective_scan` over the T steps.
     """
     if state.dim() != 3 or tuple(state.shape[:2]) != tuple(x.shape) or state.shape[2] != A.shape[1]:
-        raise ValueError(
-            f"state must be [B, Din, N] matching x {tuple(x.shape)} and A {tuple(A.shape)}; got {tuple(state.shape)}"
-        )
+        raise ValueError(f"state must be [B, Din, N] matching x {tuple(x.shape)} and A {tuple(A.shape)}; got {tuple(state.shape)}")
     unavailable = _kernel_unavailable(
         _kernel_selective_state_update if HAS_MAMBA_KERNELS else None,
         "mamba_ssm.ops.triton.selective_state_update",
         [x, state, dt, A, B, C, D, z, dt_bias],
     )
     if _use_kernel("selective_state_update", impl, unavailable, x.is_cuda):
-        return _kernel_selective_state_update(
-            state, x, dt, A.float(), B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus
-        )
+        return _kernel_selective_state_update(state, x, dt, A.float(), B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus)
     return _selective_state_update_ref(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
