@@ -17,7 +17,7 @@ NODE_RANK="${RANK:-0}"
 MASTER_ADDR="${MASTER_ADDR:-127.0.0.1}"
 MASTER_PORT="${MASTER_PORT:-29500}"
 if [[ " $* " == *" --deepspeed "* ]]; then
-    exec "$(dirname "$PY")/deepspeed" --num_gpus "$NPROC_PER_NODE" --num_nodes "$NNODES" --node_rank "$NODE_RANK" \
+    exec "$PY" -m deepspeed.launcher.runner --num_gpus "$NPROC_PER_NODE" --num_nodes "$NNODES" --node_rank "$NODE_RANK" \
         --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" --module streammind.train "$CONFIG" "$@"
 fi
 exec "$PY" -m torch.distributed.run --nproc_per_node "$NPROC_PER_NODE" --nnodes "$NNODES" --node_rank "$NODE_RANK" \

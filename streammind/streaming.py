@@ -178,19 +178,14 @@ class StreamingSession:
 
     def _rebuild_context(self, budget: int) -> None:
         """Evict the oldest turns until the kept ones fit `budget` tokens, and re-prefill them."""
-        embed_turns = []
-        total = 0
-        for i in range(len(self.turns) - 1, -1, -1):
-            turn = self.turns[i]
-            user = turn.user if i > 0 else turn.user
-            emb = self._turn_embeddings(user, turn.video_tokens, first=False)
-            size = emb.shape[1] + len(turn.reply_ids)
+        kept, total = [], 0
+        for turn in reversed(self.turns):
+            size = len(self.processor.encode_turn_prefix(turn.user, turn.video_tokens.shape[0], first=False)) + len(turn.reply_ids)
             if total + size > budget:
                 break
-            embed_turns.append(i)
+            kept.append(turn)
             total += size
-        kept = sorted(embed_turns)
-        self.turns = [self.turns[i] for i in kept]
+        self.turns = kept[::-1]
         self.llm_cache, self.llm_length = None, 0
         self.stats.llm_rebuilds += 1
         embed = self.model.language_model.get_input_embeddings()

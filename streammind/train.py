@@ -49,6 +49,7 @@ class ModelArguments:
     clip_path: str | None = field(default=None, metadata={"help": "CLIP directory or hub id (with llm_path: build from real parts)."})
     llm_path: str | None = field(default=None, metadata={"help": "LLM directory or hub id (with clip_path)."})
     gate_init_from_llm: bool = field(default=False, metadata={"help": "Initialise the gate from the LLM's first layers."})
+    torch_dtype: str = field(default="float32", metadata={"help": "Weight dtype when loading or building: float32, bfloat16 or float16."})
     model_overrides: dict = field(default_factory=dict, metadata={"help": "StreamMindConfig fields to override when building a model."})
     lora: bool = field(default=False, metadata={"help": "Train the LLM through LoRA adapters (peft); merged into the weights when saved."})
     lora_r: int = field(default=64, metadata={"help": "LoRA rank."})
@@ -60,6 +61,8 @@ class ModelArguments:
     )
 
     def __post_init__(self):
+        if self.torch_dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"torch_dtype must be float32, bfloat16 or float16, got {self.torch_dtype!r}")
         sources = [self.init_from is not None, self.preset is not None, self.clip_path is not None or self.llm_path is not None]
         if sum(sources) != 1:
             raise ValueError("give exactly one model source: init_from, preset (+ tokenizer_path), or clip_path + llm_path")
@@ -185,15 +188,25 @@ def _cli_to_dict(tokens: list[str]) -> dict:
     return out
 
 
-def build(model_args: ModelArguments):
+def build(model_args: ModelArguments, device: torch.device):
+    """The model and processor of the configured source; fresh weights are initialised on `device`."""
+    dtype = getattr(torch, model_args.torch_dtype)
     if model_args.init_from is not None:
-        model, processor = load_model(model_args.init_from)
+        model, processor = load_model(model_args.init_from, dtype=dtype)
     elif model_args.preset is not None:
         config = StreamMindConfig.from_preset(model_args.preset, **model_args.model_overrides)
-        model, processor = build_model(config, AutoTokenizer.from_pretrained(model_args.tokenizer_path))
+        previous = torch.get_default_dtype()
+        # Initialise directly in the target dtype and on the training device: a fresh 7B model
+        # is 30 GB in fp32, and random init on a CPU takes many minutes.
+        torch.set_default_dtype(dtype)
+        try:
+            with device:
+                model, processor = build_model(config, AutoTokenizer.from_pretrained(model_args.tokenizer_path))
+        finally:
+            torch.set_default_dtype(previous)
     else:
         model, processor = build_from_parts(model_args.clip_path, model_args.llm_path, gate_init_from_llm=model_args.gate_init_from_llm,
-                                            **model_args.model_overrides)
+                                            dtype=dtype, **model_args.model_overrides)
     if model_args.gate_init_from_llm and model_args.clip_path is None:
         from .builder import init_gate_from_llm
 
@@ -224,7 +237,7 @@ def main(argv: list[str] | None = None) -> str:
         with open(out / "run_config.yaml", "w") as f:
             yaml.safe_dump(resolved, f, sort_keys=True)
 
-    model, processor = build(model_args)
+    model, processor = build(model_args, args.device)
     if model_args.lora:
         apply_lora(model, model_args)
     table = set_trainable(model, args.trainable)
@@ -249,7 +262,10 @@ def main(argv: list[str] | None = None) -> str:
     if resume == "auto":
         resume = get_last_checkpoint(str(out))
         logger.info("resuming from %s", resume) if resume else logger.info("no checkpoint to resume from in %s", out)
-    trainer.train(resume_from_checkpoint=resume)
+    result = trainer.train(resume_from_checkpoint=resume)
+    if torch.cuda.is_available():
+        logger.info("peak CUDA memory %.1f GiB (rank %d)", torch.cuda.max_memory_allocated() / 2**30, args.process_index)
+    logger.info("train metrics: %s", result.metrics)
 
     if model_args.lora:
         model.language_model = model.language_model.merge_and_unload()

@@ -42,8 +42,8 @@ class FrameProcessor:
             raise ValueError(f"image preprocessing mode must be 'pad' or 'crop', got {mode!r}")
         self.image_size = image_size
         self.mode = mode
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        self.mean = torch.tensor(mean, dtype=torch.float32, device="cpu").view(1, 3, 1, 1)  # CPU whatever the default device
+        self.std = torch.tensor(std, dtype=torch.float32, device="cpu").view(1, 3, 1, 1)
 
     @classmethod
     def from_config(cls, config) -> FrameProcessor:

@@ -4,7 +4,8 @@ No pretrained weights or licensed video can be fetched where this project trains
 default, so it ships a procedurally generated streaming dataset that a tiny model can
 learn from scratch on a CPU in minutes:
 
-- **Scene.** A plain dark background with two fixed *slots* (left and right half). Each
+- **Scene.** A plain dark background with two fixed *slots* (left and right half), and
+  at most ``max_objects`` shapes on screen (1 by default, or 2). Each
   slot is empty or holds one large shape (circle / square / triangle) in one of four
   strongly distinct colours (red / green / blue / yellow). Shapes on screen always have
   different shape types, so "the circle" is never ambiguous. The geometry scales with
@@ -241,6 +242,10 @@ class WorldConfig:
     max_gap: float = 4.0
     end_margin: float = 1.0  # no event in the last seconds
     match_prob: float = 0.4  # chance that an event is drawn from those matching the query
+    # Shapes on screen at once. One (the default) keeps the embedded world learnable by the
+    # tiny preset in minutes: with mean-pooled frame features, two shapes would ask a tiny
+    # tower to bind each colour to its shape. Two gives a harder world.
+    max_objects: int = 1
     crf: int = 12  # libx264 quality; low enough that colours survive yuv420p almost exactly
 
     def __post_init__(self):
@@ -266,6 +271,8 @@ class WorldConfig:
             )
         if not 0 < self.match_prob < 1:
             raise ValueError(f"match_prob={self.match_prob} must lie in (0, 1)")
+        if self.max_objects not in (1, 2):
+            raise ValueError(f"max_objects={self.max_objects} must be 1 or 2 (there are two slots)")
         if min(self.num_train, self.num_val, self.num_test) < 0:
             raise ValueError("split counts must be non-negative")
 
@@ -282,13 +289,13 @@ def _grid(lo: float, hi: float) -> list[float]:
     return [lo + TIME_GRID * i for i in range(int(round((hi - lo) / TIME_GRID)) + 1)]
 
 
-def _candidate_events(objects: tuple[WorldObject, ...], t: float) -> list[Event]:
+def _candidate_events(objects: tuple[WorldObject, ...], t: float, max_objects: int = 2) -> list[Event]:
     """Every event that may happen in scene ``objects`` at time ``t``."""
     events = []
     used_slots = {o.slot for o in objects}
     used_shapes = {o.shape for o in objects}
     for slot in SLOTS:
-        if slot in used_slots:
+        if slot in used_slots or len(objects) >= max_objects:
             continue
         for shape in SHAPES:
             if shape not in used_shapes:
@@ -337,7 +344,7 @@ def sample_video(rng: random.Random, config: WorldConfig) -> VideoSpec:
     duration = rng.choice(_grid(config.min_duration, config.max_duration))
     while True:
         shapes = rng.sample(SHAPES, 2)
-        slots = rng.sample(SLOTS, rng.choice([0, 1, 2]))
+        slots = rng.sample(SLOTS, rng.choice(range(config.max_objects + 1)))
         initial = tuple(
             sorted(
                 (WorldObject(shape, rng.choice(list(COLOURS)), slot) for shape, slot in zip(shapes, slots)),
@@ -351,7 +358,7 @@ def sample_video(rng: random.Random, config: WorldConfig) -> VideoSpec:
             t += rng.choice(_grid(config.min_gap, config.max_gap))
         objects, events = initial, []
         for t in times:
-            candidates = _candidate_events(objects, t)
+            candidates = _candidate_events(objects, t, config.max_objects)
             matching = [e for e in candidates if query.matches(e)]
             others = [e for e in candidates if not query.matches(e)]
             pool = matching if matching and (not others or rng.random() < config.match_prob) else others
