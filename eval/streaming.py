@@ -8,9 +8,9 @@ reply exact match, caption metrics on matched replies).
 
 Outputs in `out_dir`: `predictions.jsonl` (one line per video, re-scorable with
 `python -m eval.score`), `metrics.json`, `metrics.md`, and `plots/<id>.png` timelines
-(gate probability, threshold, ground-truth events, replies) for the first `num_plots`
-videos. A video that fails to decode is recorded with an "error" field and counted, never
-dropped.
+(gate probability, threshold, ground-truth events, replies; "/" in an id becomes "__")
+for the first `num_plots` videos. A video that fails to decode is recorded with an
+"error" field and counted, never dropped.
 
 Reference: SPEC §7 (free-running protocol).
 """
@@ -24,6 +24,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from eval.common import plot_filename
 from eval.plots import plot_timeline
 from eval.score import score_predictions, write_markdown_table
 from streammind.datasets.annotations import StreamAnnotation
@@ -117,7 +118,7 @@ def run_free_running(
     write_markdown_table({k: v for k, v in metrics.items() if k != "per_video"}, out / "metrics.md", title="Free-running streaming")
     for pred, rec in list(zip(predictions, records))[:num_plots]:
         plot_timeline(pred["frame_times"], pred["frame_probs"], session.threshold, [t.time for t in rec.turns],
-                      [r["time"] for r in pred["replies"]], out / "plots" / f"{Path(str(pred['id'])).name}.png",
+                      [r["time"] for r in pred["replies"]], out / "plots" / plot_filename(pred["id"]),
                       title=f"{pred['id']}: {rec.query}")
     return metrics
 

@@ -230,7 +230,7 @@ class WorldConfig:
     """Everything that determines a generated world (saved in ``world.json``)."""
 
     seed: int = 0
-    num_train: int = 600
+    num_train: int = 1200
     num_val: int = 40
     num_test: int = 60
     frame_size: int = 64  # pixels, square frames
