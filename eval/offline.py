@@ -61,7 +61,7 @@ import numpy as np
 import torch
 from transformers import DynamicCache
 
-from eval.common import EvalFailure, Task, apply_limit, build_parser, load_model_from_args, run_task
+from eval.common import EvalFailure, Task, apply_limit, load_model_from_args, run_task
 from streammind.datasets.video import VideoDecodeError, probe_video, read_video
 
 logger = logging.getLogger(__name__)
@@ -251,7 +251,8 @@ def greedy_decode(language_model, embeds: torch.Tensor, *, eos_token_id: int, ma
 
 @dataclass
 class Hypothesis:
-    """A finished beam: generated ids (EOS excluded), summed log-prob and the normalised score."""
+    """A beam-search result: generated ids (EOS excluded), summed log-prob (EOS included when
+    `finished`), the length-normalised score, and whether it ended with EOS (else at the cap)."""
 
     ids: list[int]
     logprob: float
@@ -317,8 +318,8 @@ def beam_search(
             break
         if len(finished) == K:
             # Log-probs only fall, so a live beam ends at best with its current sum spread
-            # over the longest allowed length (length_penalty > 0) or the shortest (<= 0).
-            bound_length = max_new_tokens if length_penalty > 0 else step + 2
+            # over the longest allowed length (length_penalty > 0) or its current one (<= 0).
+            bound_length = max_new_tokens if length_penalty > 0 else step + 1
             if normalise(live[0][0], bound_length) <= finished[-1].score:
                 break
         while len(live) < K:  # dead copies keep the batch at K rows
@@ -583,15 +584,26 @@ def load_saved_predictions(paths: Sequence[str | Path]) -> dict[str, dict]:
     return saved
 
 
-def build_offline_parser(prog: str, description: str, *, max_new_tokens: int, annotations_help: str) -> argparse.ArgumentParser:
-    """`eval.common.build_parser`'s shared arguments plus the offline ones.
+def build_offline_parser(
+    prog: str, description: str, *, max_new_tokens: int, annotations_help: str | None = None
+) -> argparse.ArgumentParser:
+    """The arguments of `eval.common.build_parser` (same names and defaults) plus the offline ones.
 
-    --model becomes optional (re-scoring saved predictions with --predictions needs no
-    model); --threshold, a gate setting, is unused by the offline benchmarks.
+    Written out rather than taken from `build_parser` because --model must be optional
+    here: re-scoring saved predictions (--predictions) needs no model. The gate's
+    --threshold does not apply to the offline benchmarks; --annotations is added only for
+    benchmarks that take it (`annotations_help` given).
     """
-    parser = build_parser(prog, description, annotations_help=annotations_help, stream=False)
-    parser.conflict_handler = "resolve"  # lets the next line replace the shared --model
+    parser = argparse.ArgumentParser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="saved StreamMind directory (not needed with --predictions)")
+    parser.add_argument("--data-root", required=True, type=Path, help="the benchmark's data root (layout above)")
+    if annotations_help is not None:
+        parser.add_argument("--annotations", type=Path, default=None, help=annotations_help)
+    parser.add_argument("--out", required=True, type=Path, help="output directory (predictions, metrics, table)")
+    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N examples")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+                        help="weight dtype (default: %(default)s)")
     parser.add_argument("--num-frames", type=int, default=DEFAULT_NUM_FRAMES,
                         help="frames sampled uniformly per clip, the middles of equal chunks (default: %(default)s)")
     parser.add_argument("--fps", type=float, default=None,
@@ -615,9 +627,10 @@ def model_for(args: argparse.Namespace, parser: argparse.ArgumentParser):
 
 def evaluate(task: OfflineTask, model, processor, args: argparse.Namespace) -> dict:
     """Run the task with the model, or re-score --predictions, into --out."""
+    title = task.title
     if args.predictions:
         task = SavedPredictions(task, load_saved_predictions(args.predictions))
-    return run_task(task, model, processor, args.out, title=getattr(task, "title", task.name))
+    return run_task(task, model, processor, args.out, title=title)
 
 
 __all__ = [

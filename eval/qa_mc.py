@@ -361,8 +361,7 @@ class MultipleChoiceTask(OfflineTask):
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Answer every question and write predictions, metrics and a table into --out."""
-    parser = build_offline_parser("python -m eval.qa_mc", __doc__, max_new_tokens=MAX_NEW_TOKENS,
-                                  annotations_help="unused: each dataset's files are found under --data-root")
+    parser = build_offline_parser("python -m eval.qa_mc", __doc__, max_new_tokens=MAX_NEW_TOKENS)
     parser.add_argument("--dataset", choices=DATASETS, required=True)
     parser.add_argument("--tasks", nargs="+", default=None, help="MVBench tasks by json stem (default: all 20)")
     parser.add_argument("--split", default="valid", help="PerceptionTest split, mc_question_<split>.json (default: %(default)s)")

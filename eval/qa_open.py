@@ -34,7 +34,8 @@ token when set; never logged or written). Plain urllib, no client library. The p
 ours: it asks whether the prediction matches the correct answer and for an integer score
 0-5, as one JSON object {"match": "yes"|"no", "score": n}. Temperature 0 by default (the
 original used 0.7). Network errors, timeouts, HTTP 408/409/425/429 and 5xx, and malformed
-replies are retried with exponential backoff (honouring Retry-After); HTTP 401/403/404
+replies are retried (--judge-attempts, 5) with exponential backoff from --judge-backoff
+seconds (honouring Retry-After); other HTTP 4xx fail that judgement; HTTP 401/403/404
 stop the run (a configuration error, raised as soon as a request meets it); an example
 still failing after the retries is recorded with an error in judgements.jsonl and
 counted. Requests run in a pool of --judge-workers threads while the model answers the
@@ -531,11 +532,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--judge-workers", type=int, default=4, help="concurrent judge requests (default: %(default)s)")
     parser.add_argument("--judge-temperature", type=float, default=0.0)
     parser.add_argument("--judge-attempts", type=int, default=5, help="tries per judgement (default: %(default)s)")
+    parser.add_argument("--judge-backoff", type=float, default=1.0,
+                        help="seconds before the first retry, doubled each time (default: %(default)s)")
     args = parser.parse_args(argv)
     setup_logging()
     try:  # a missing judge configuration fails before any time is spent on the model
-        judge = None if args.skip_judge else Judge(JudgeConfig.from_env(temperature=args.judge_temperature,
-                                                                        max_attempts=args.judge_attempts))
+        judge = None if args.skip_judge else Judge(JudgeConfig.from_env(
+            temperature=args.judge_temperature, max_attempts=args.judge_attempts, backoff_s=args.judge_backoff))
     except JudgeConfigError as error:
         parser.exit(2, f"error: {error}\n")
     model, processor = model_for(args, parser)

@@ -5,9 +5,9 @@ step + gate step) over a long stream with random weights (timing does not depend
 values), with the gate threshold at 1 so the LLM never runs. It reports the latency in
 windows along the stream (is the cost per frame flat?), and the process / CUDA memory at
 the start and the end (is memory bounded?), and a `flatness` summary: the ratio of the last
-window's median latency to the first steady window's, the RSS growth from the first steady
-window to the end, and the session's bounded state at the end (turn memory tokens, gate
-frames cached). Writes JSON and markdown tables.
+window's median latency to the first steady window's, the RSS range and least-squares slope
+from the first steady window to the end, and the session's bounded state at the end (turn
+memory tokens, gate frames cached). Writes JSON and markdown tables.
 
     python -m streammind.bench step --preset streammind-7b --device cuda --dtype bfloat16 --frames 10000
     python -m streammind.bench step --preset tiny --frames 7200          # a 1-hour stream at 2 fps
@@ -98,13 +98,15 @@ def bench_step(args) -> dict:
         w = latencies[start : start + width]
         windows[f"{start}-{start + width}"] = {"mean_ms": round(float(w.mean()), 3), "p50_ms": round(float(np.median(w)), 3),
                                                "p95_ms": round(float(np.percentile(w, 95)), 3)}
-    # Flatness is judged from the first steady window (after allocator growth) to the end.
+    # Flatness is judged from the first steady window (after allocator growth) to the end; the
+    # RSS trend is a least-squares slope, since single samples move with the allocator.
     steady, last = args.frames // 10, args.frames - width
-    steady_rss = next(m["rss_mb"] for m in memory if m["frame"] >= steady)
+    after = [m for m in memory if m["frame"] >= steady]
+    rss_slope = np.polyfit([m["frame"] for m in after], [m["rss_mb"] for m in after], 1)[0] * 1000 if len(after) > 1 else 0.0
     flatness = {
         "p50_last_over_steady": round(float(np.median(latencies[last:]) / np.median(latencies[steady : steady + width])), 3),
-        "rss_steady_mb": steady_rss, "rss_end_mb": memory[-1]["rss_mb"],
-        "rss_growth_after_steady_mb": round(memory[-1]["rss_mb"] - steady_rss, 1),
+        "rss_mb_after_steady": {"min": min(m["rss_mb"] for m in after), "max": max(m["rss_mb"] for m in after), "end": memory[-1]["rss_mb"]},
+        "rss_slope_mb_per_1k_frames": round(float(rss_slope), 3),
         "turn_memory_tokens_end": len(session.memory), "gate_frames_cached_end": session.gate_cache.frames,
     }
     result = {

@@ -96,9 +96,9 @@ def build_from_parts(
     return model, StreamMindProcessor(tokenizer, config)
 
 
-def save_model(model: StreamMindForCausalLM, processor: StreamMindProcessor, directory: str | os.PathLike) -> None:
-    """Write config, weights and tokenizer to one directory."""
-    model.save_pretrained(directory)
+def save_model(model: StreamMindForCausalLM, processor: StreamMindProcessor, directory: str | os.PathLike, max_shard_size: str = "5GB") -> None:
+    """Write config, weights (safetensors, sharded above `max_shard_size`) and tokenizer to one directory."""
+    model.save_pretrained(directory, max_shard_size=max_shard_size)
     processor.save_pretrained(directory)
 
 

@@ -40,7 +40,7 @@ The tokenizer (`build_tokenizer`) is a byte-level BPE trained locally with
 prompt fragments, wrapped as a transformers ``PreTrainedTokenizerFast``. It adds no
 BOS/EOS on its own; the prompt renderer writes ``<s>`` / ``</s>`` explicitly.
 
-Entry point: ``python -m streammind.world OUT_DIR [--seed 0] [--num_train 600 ...]``
+Entry point: ``python -m streammind.world OUT_DIR [--seed 0] [--num_train 1200 ...]``
 writes the world and ``OUT_DIR/tokenizer``.
 """
 

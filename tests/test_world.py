@@ -222,9 +222,10 @@ def test_turns_are_exactly_the_matching_events(world):
             assert 1 <= len(r["turns"]) < len(r["events"])  # at least one answer and one distractor
 
 
-def test_sampler_constraints_and_coverage():
+@pytest.mark.parametrize("max_objects", [1, 2])
+def test_sampler_constraints_and_coverage(max_objects):
     """Many scripts without encoding: constraints always hold and every query / event type occurs."""
-    config = WorldConfig()
+    config = WorldConfig(max_objects=max_objects)
     seen_queries, seen_types = set(), set()
     for i in range(400):
         spec = sample_video(random.Random(f"sampler/{i}"), config)
@@ -237,7 +238,7 @@ def test_sampler_constraints_and_coverage():
         scene = spec.initial
         for e in spec.events:
             scene = e.apply(scene)
-            assert len({o.slot for o in scene}) == len(scene) == len({o.shape for o in scene}) <= 2
+            assert len({o.slot for o in scene}) == len(scene) == len({o.shape for o in scene}) <= config.max_objects
     assert seen_queries == set(EXPECTED_QUERIES)
     assert seen_types == {"appear", "disappear", "recolour", "move"}
 
