@@ -2,7 +2,7 @@
 
 `stream` runs a saved model over a video file, a webcam, an RTSP/HTTP URL or a folder of
 images, printing `[mm:ss.s] reply` lines as replies happen (the runtime pieces live in
-`streammind.runtime`; this file only parses flags, wires them up and reports):
+`streammind.runtime`; the command only parses flags, wires them up and reports):
 
     streammind stream clip.mp4 --model runs/quickstart/stage2 --query "Tell me when a shape appears."
     streammind stream /dev/video0 --model DIR --query "..." --realtime --stats stats.json

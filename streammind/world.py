@@ -17,7 +17,8 @@ learn from scratch on a CPU in minutes:
   piecewise constant: the state changes exactly at the frame whose presentation time is
   the event time and stays, so a 2 fps sampler (frames at 0, 0.5, 1.0 ... s) sees the
   change first at the frame at ``t`` and the previous state at ``t - 0.5``.
-- **Queries.** Eight fixed requests (`QUERIES`) select which events matter. The
+- **Queries.** Eight fixed requests (`QUERIES`; seven by default, see ``move_queries``)
+  select which events matter. The
   ground-truth turns of a video are exactly its events matching the query; every video
   has at least one matching event and at least one distractor, so a model must read the
   query. Replies are fixed templates filled from the event (`REPLY_TEMPLATES`), so the
@@ -246,6 +247,11 @@ class WorldConfig:
     # tiny preset in minutes: with mean-pooled frame features, two shapes would ask a tiny
     # tower to bind each colour to its shape. Two gives a harder world.
     max_objects: int = 1
+    # A move leaves a pooled frame vector almost unchanged (the same shape, colour and
+    # area, only elsewhere), so with the paper's one-vector-per-frame design the "moves"
+    # query is off by default: moves stay in the videos as distractors. On gives a
+    # harder world whose move replies (left / right) need spatial features.
+    move_queries: bool = False
     crf: int = 12  # libx264 quality; low enough that colours survive yuv420p almost exactly
 
     def __post_init__(self):
@@ -275,6 +281,10 @@ class WorldConfig:
             raise ValueError(f"max_objects={self.max_objects} must be 1 or 2 (there are two slots)")
         if min(self.num_train, self.num_val, self.num_test) < 0:
             raise ValueError("split counts must be non-negative")
+
+    def queries(self) -> tuple[Query, ...]:
+        """The queries videos are drawn with."""
+        return tuple(q for q in QUERIES if self.move_queries or q.event_type != "move")
 
     def split_counts(self) -> dict[str, int]:
         """Number of videos per split."""
@@ -340,7 +350,7 @@ class VideoSpec:
 
 def sample_video(rng: random.Random, config: WorldConfig) -> VideoSpec:
     """Draw one video script with >= 1 event matching its query and >= 1 distractor."""
-    query = rng.choice(QUERIES)
+    query = rng.choice(config.queries())
     duration = rng.choice(_grid(config.min_duration, config.max_duration))
     while True:
         shapes = rng.sample(SHAPES, 2)
@@ -478,7 +488,7 @@ def generate_world(out_dir: str | Path, config: WorldConfig | None = None, *, fo
         "splits": split_stats,
         "queries": {q.key: q.text for q in QUERIES},
         "reply_templates": REPLY_TEMPLATES,
-        "num_distinct_queries": len(QUERIES),
+        "num_distinct_queries": len(config.queries()),
         "num_distinct_replies": len(all_replies()),
     }
     meta_path.write_text(json.dumps(meta, indent=2) + "\n")
