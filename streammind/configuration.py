@@ -94,8 +94,9 @@ _TINY_VISION = dict(
 _TINY_TEXT = dict(
     model_type="mistral",
     vocab_size=512,
-    hidden_size=64,
-    intermediate_size=128,
+    # 128 wide: at 64 the LLM takes several times longer to start reading the frame tokens.
+    hidden_size=128,
+    intermediate_size=256,
     num_hidden_layers=2,
     num_attention_heads=4,
     num_key_value_heads=2,
