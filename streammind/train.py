@@ -21,8 +21,8 @@ from __future__ import annotations
 import fnmatch
 import logging
 import re
-from collections import Counter
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 

@@ -112,12 +112,14 @@ def test_frame_features_path_equals_pixel_path(tiny):
     assert torch.equal(a.gate_logits, b.gate_logits) and torch.equal(a.logits, b.logits)
 
 
-def test_vision_runs_only_the_layers_it_needs(tiny):
-    model, _ = tiny
+@pytest.mark.parametrize("pooling", ["mean", "max", "cls"])
+def test_vision_runs_only_the_layers_it_needs(tiny_tokenizer, pooling):
+    model, _ = make_tiny(tiny_tokenizer, frame_pooling=pooling)
     clip = model.vision.clip
     pixels = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
-        ref = clip(pixel_values=pixels, output_hidden_states=True).hidden_states[-2][:, 1:].mean(1)
+        hidden = clip(pixel_values=pixels, output_hidden_states=True).hidden_states[-2]  # the full HF forward
+        ref = {"mean": hidden[:, 1:].mean(1), "max": hidden[:, 1:].amax(1), "cls": hidden[:, 0]}[pooling]
         ours = model.vision(pixels)
     assert model.vision.num_layers_to_run == clip.config.num_hidden_layers - 1
     assert torch.allclose(ours, ref, atol=1e-6)
@@ -143,7 +145,7 @@ def test_gate_init_from_llm_copies_layers_and_checks_width(tiny_tokenizer):
     llm_layer = model.language_model.model.layers[0].self_attn.q_proj.weight
     assert torch.equal(model.gate.decoder.layers[0].self_attn.q_proj.weight, llm_layer)
     assert torch.equal(model.gate.decoder.embed_tokens.weight, model.language_model.model.embed_tokens.weight)
-    narrow, _ = make_tiny(tiny_tokenizer, gate_config={"model_type": "mistral", "hidden_size": 64, "intermediate_size": 96,
+    narrow, _ = make_tiny(tiny_tokenizer, gate_config={"model_type": "mistral", "hidden_size": 128, "intermediate_size": 96,
                                                        "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 2,
                                                        "vocab_size": 600, "sliding_window": None})
     with pytest.raises(ValueError, match="layers"):
