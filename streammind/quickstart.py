@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--stage2-epochs", type=float, default=None, help="Override stage-2 epochs (default: the YAML's).")
     parser.add_argument("--num-train", type=int, default=None, help="Override the number of training videos (default: the world's).")
     parser.add_argument("--num-test", type=int, default=None, help="Override the number of test videos (default: the world's).")
+    parser.add_argument("--move-queries", action="store_true", help="Also ask about moves (a harder world, see streammind.world).")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
 
@@ -55,6 +56,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     print(f"[1/4] synthetic world -> {world}")
     overrides = {k: v for k, v in (("num_train", args.num_train), ("num_test", args.num_test)) if v is not None}
+    overrides["move_queries"] = args.move_queries
     summary = generate_world(world, WorldConfig(seed=args.seed, **overrides), progress=True)
     print(f"      {summary['splits']}")
     timings["world_s"] = time.perf_counter() - t0
