@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> dict:
     from streammind.datasets.annotations import load_annotations
     from streammind.streaming import StreamingSession
     from streammind.train import main as train_main
-    from streammind.world import WorldConfig, generate_world
+    from streammind.world import WorldConfig, build_tokenizer, generate_world
 
     out, world = Path(args.out), Path(args.world)
     timings: dict[str, float] = {}
@@ -59,6 +59,8 @@ def main(argv: list[str] | None = None) -> dict:
     overrides["move_queries"] = args.move_queries
     summary = generate_world(world, WorldConfig(seed=args.seed, **overrides), progress=True)
     print(f"      {summary['splits']}")
+    if not (world / "tokenizer" / "tokenizer.json").exists():
+        build_tokenizer(world / "tokenizer")
     timings["world_s"] = time.perf_counter() - t0
 
     common = ["--train_annotations", str(world / "train.jsonl"), "--data_root", str(world), "--seed", str(args.seed)]
@@ -93,8 +95,9 @@ def main(argv: list[str] | None = None) -> dict:
               "details": str(out / "eval_test" / "metrics.json")}
     (out / "test_metrics.json").write_text(json.dumps(result, indent=2))
     h = metrics["headline"]
-    print(f"\ntest split ({h['num_videos']} videos): trigger_acc {h['trigger_acc']:.3f}  timval {h['timval']:.3f}  "
-          f"F1@1s {h['trigger_f1_1s']:.3f}  reply exact match {h['reply_exact_match']:.3f}")
+    shown = {k: "n/a" if h[k] is None else f"{h[k]:.3f}" for k in ("trigger_acc", "timval", "trigger_f1_1s", "reply_exact_match")}
+    print(f"\ntest split ({h['num_videos']} videos): trigger_acc {shown['trigger_acc']}  timval {shown['timval']}  "
+          f"F1@1s {shown['trigger_f1_1s']}  reply exact match {shown['reply_exact_match']}")
     print(f"wrote {out / 'test_metrics.json'} in {timings['total_s']:.0f} s")
     return result
 
