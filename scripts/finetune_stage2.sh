@@ -1,24 +1,7 @@
 #!/usr/bin/env bash
-# Stage 2 of StreamMind training: `scripts/finetune_stage2.sh <stage2.yaml> [--key value ...]`.
-# Hardware: see the YAML's header (real preset: 1-8 GPUs per node; tiny preset: CPU).
-# Multi-GPU / multi-node through the usual variables:
-#   NPROC_PER_NODE (default: all visible GPUs, or 1 on CPU), WORLD_SIZE (number of nodes),
-#   RANK (this node's rank), MASTER_ADDR, MASTER_PORT.
-# With --deepspeed <json> among the arguments the deepspeed launcher is used, else torchrun.
-# Example: scripts/finetune_stage2.sh configs/stage2.yaml --deepspeed configs/deepspeed/zero2.json
-set -euo pipefail
-cd "$(dirname "$0")/.."
-CONFIG="${1:?usage: $0 <stage2.yaml> [--key value ...]}"; shift
-PY="${PYTHON:-.venv/bin/python}"
-GPUS=$("$PY" -c "import torch; print(torch.cuda.device_count())")
-NPROC_PER_NODE="${NPROC_PER_NODE:-$(( GPUS > 0 ? GPUS : 1 ))}"
-NNODES="${WORLD_SIZE:-1}"
-NODE_RANK="${RANK:-0}"
-MASTER_ADDR="${MASTER_ADDR:-127.0.0.1}"
-MASTER_PORT="${MASTER_PORT:-29500}"
-if [[ " $* " == *" --deepspeed "* ]]; then
-    exec "$PY" -m deepspeed.launcher.runner --num_gpus "$NPROC_PER_NODE" --num_nodes "$NNODES" --node_rank "$NODE_RANK" \
-        --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" --module streammind.train "$CONFIG" "$@"
-fi
-exec "$PY" -m torch.distributed.run --nproc_per_node "$NPROC_PER_NODE" --nnodes "$NNODES" --node_rank "$NODE_RANK" \
-    --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" -m streammind.train "$CONFIG" "$@"
+# Stage 2 (gate: only the cognition gate learns, from the stage-1 checkpoint in `init_from`).
+# Hardware: 7B preset: one or more 80 GB GPUs (the gate is ~1 B parameters; the rest runs frozen).
+# Tiny preset (configs/tiny/stage2.yaml): 2 CPU cores.
+# Example: scripts/finetune_stage2.sh configs/stage2.yaml --init_from runs/stage1 --deepspeed configs/deepspeed/zero2.json
+# Launch variables (NPROC_PER_NODE, WORLD_SIZE = nodes, RANK, MASTER_ADDR, MASTER_PORT): see launch_train.sh.
+exec "$(dirname "$0")/launch_train.sh" "${1:-configs/stage2.yaml}" "${@:2}"

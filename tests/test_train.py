@@ -84,15 +84,15 @@ def test_resume_continues_from_the_last_checkpoint(small_world, tmp_path):
     assert [h["step"] for h in state["log_history"] if "loss" in h] == [1, 2, 3]
 
 
-def test_two_process_cpu_ddp(small_world, tmp_path):
-    """torchrun with 2 processes (gloo) trains the tiny preset."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+def test_two_process_cpu_ddp_through_the_launcher(small_world, tmp_path):
+    """scripts/finetune_stage1.sh with NPROC_PER_NODE=2 runs torchrun (gloo) and trains the tiny preset."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-           "-m", "streammind.train", *_stage_args(small_world, tmp_path / "ddp", 1)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "PYTHON": sys.executable,
+           "NPROC_PER_NODE": "2", "MASTER_PORT": str(port)}
+    args = _stage_args(small_world, tmp_path / "ddp", 1)
+    proc = subprocess.run([str(REPO / "scripts" / "finetune_stage1.sh"), *args], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "ddp" / "model.safetensors").exists()
     assert proc.stderr.count("world size 2") == 1  # logged by rank 0 only
