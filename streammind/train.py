@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> str:
     resume = args.resume_from_checkpoint
     if resume == "auto":
         resume = get_last_checkpoint(str(out))
-        logger.info("resuming from %s", resume) if resume else logger.info("no checkpoint to resume from in %s", out)
+        logger.info("resume_from_checkpoint auto: %s", resume or f"no checkpoint in {out}, starting fresh")
     result = trainer.train(resume_from_checkpoint=resume)
     if torch.cuda.is_available():
         logger.info("peak CUDA memory %.1f GiB (rank %d)", torch.cuda.max_memory_allocated() / 2**30, args.process_index)
@@ -269,8 +269,8 @@ def main(argv: list[str] | None = None) -> str:
 
     if model_args.lora:
         model.language_model = model.language_model.merge_and_unload()
-    if args.process_index == 0:
-        trainer.save_model(str(out))
+    trainer.save_model(str(out))  # on every rank: ZeRO-3 gathers the shards; only rank 0 writes
+    if trainer.is_world_process_zero():
         processor.save_pretrained(out)
     skipped = train_set.skipped + (eval_set.skipped if eval_set else Counter())
     if skipped:
