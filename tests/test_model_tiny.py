@@ -116,7 +116,8 @@ def test_frame_features_path_equals_pixel_path(tiny):
 def test_vision_runs_only_the_layers_it_needs(tiny_tokenizer, pooling):
     model, _ = make_tiny(tiny_tokenizer, frame_pooling=pooling)
     clip = model.vision.clip
-    pixels = torch.randn(3, 3, 32, 32)
+    size = clip.config.image_size
+    pixels = torch.randn(3, 3, size, size)
     with torch.no_grad():
         hidden = clip(pixel_values=pixels, output_hidden_states=True).hidden_states[-2]  # the full HF forward
         ref = {"mean": hidden[:, 1:].mean(1), "max": hidden[:, 1:].amax(1), "cls": hidden[:, 0]}[pooling]
