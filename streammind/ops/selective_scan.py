@@ -47,14 +47,10 @@ References:
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import logging
-from collections.abc import Iterator
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
+
+from .dispatch import Impl, KernelDispatch
 
 try:
     from mamba_ssm.ops.selective_scan_interface import selective_scan_fn as _kernel_selective_scan
@@ -70,58 +66,13 @@ except ImportError:
 
 HAS_MAMBA_KERNELS = _kernel_selective_scan is not None
 
-Impl = Literal["auto", "ref", "kernel"]
-_IMPLS = ("auto", "ref", "kernel")
 _KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _INSTALL_HINT = "install it with `pip install mamba-ssm` (or `pip install 'streammind[kernels]'`)"
 
-logger = logging.getLogger(__name__)
 
-# Set only through `override_impl`; when not None it wins over every `impl` argument.
-_override_impl: Impl | None = None
-
-
-@contextlib.contextmanager
-def override_impl(impl: Impl) -> Iterator[None]:
-    """Force `impl` for every selective-scan dispatch inside the block (tests; nanochat pattern)."""
-    global _override_impl
-    if impl not in _IMPLS:
-        raise ValueError(f"impl must be one of {_IMPLS}, got {impl!r}")
-    previous = _override_impl
-    _override_impl = impl
-    try:
-        yield
-    finally:
-        _override_impl = previous
-
-
-@functools.lru_cache(maxsize=None)
-def _log_once(level: int, message: str) -> None:
-    """Log `message` the first time it is seen (transformers' warning_once)."""
-    logger.log(level, message)
-
-
-def _use_kernel(op: str, impl: Impl, unavailable: tuple[type[Exception], str] | None, on_cuda: bool) -> bool:
-    """Resolve `impl` (after the override) to True for the kernel or False for the reference."""
-    impl = _override_impl or impl
-    if impl not in _IMPLS:
-        raise ValueError(f"impl must be one of {_IMPLS}, got {impl!r}")
-    if impl == "ref":
-        _log_once(logging.INFO, f"{op}: using the PyTorch reference path (requested)")
-        return False
-    if impl == "kernel":
-        if unavailable is not None:
-            error, reason = unavailable
-            raise error(f"{op}(impl='kernel') cannot run: {reason}")
-        _log_once(logging.INFO, f"{op}: using the mamba_ssm kernel (requested)")
-        return True
-    if unavailable is None:
-        _log_once(logging.INFO, f"{op}: using the mamba_ssm kernel")
-        return True
-    _, reason = unavailable
-    # On CPU the reference is the expected path; on a GPU it is a performance problem worth a warning.
-    _log_once(logging.WARNING if on_cuda else logging.INFO, f"{op}: using the PyTorch reference path because {reason}")
-    return False
+_dispatch = KernelDispatch("mamba_ssm", __name__)
+override_impl = _dispatch.override_impl
+_use_kernel = _dispatch.use_kernel
 
 
 def _kernel_unavailable(kernel: object, module_path: str, tensors: list[torch.Tensor | None]) -> tuple[type[Exception], str] | None:

@@ -326,7 +326,7 @@ def test_override_impl_is_honoured(monkeypatch):
         # The override wins even over an explicit impl="kernel", which would raise here.
         out = selective_scan(**inputs, delta_softplus=True, impl="kernel")
     torch.testing.assert_close(out, expected, rtol=0, atol=0)
-    assert scan_module._override_impl is None, "the override must be undone on exit"
+    assert scan_module._dispatch.forced is None, "the override must be undone on exit"
     torch.testing.assert_close(selective_scan(**inputs, delta_softplus=True), expected, rtol=0, atol=0)
 
 
