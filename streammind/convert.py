@@ -501,6 +501,21 @@ def _source_glue(source: dict, video_token_id: int) -> dict:
     )
 
 
+def _open_source(src: Path, source: dict, text_config, clip, vision_config, dtype: torch.dtype, progress: bool):
+    """What both conversions read first: the tower (from --clip or the checkpoint), the tokenizer,
+    and the names and shapes of every tensor in the shards (nothing is copied yet)."""
+    clip_model = CLIPVisionModel.from_pretrained(clip, dtype=dtype) if clip is not None else None
+    vision = clip_model.config if clip_model is not None else vision_config_from_source(source, src, vision_config)
+    _check_vision_source(source, vision)
+    tokenizer, video_token_id, vocab = _prepare_tokenizer(src, text_config, StreamMindConfig.video_token)
+
+    shards = checkpoint_shards(src)
+    shapes = scan_shards(shards, progress)
+    if clip_model is None and not any(k.startswith(TOWER_PREFIX) for k in shapes):
+        raise ConversionError(f"the checkpoint has no vision tower tensors ({TOWER_PREFIX}*); pass --clip DIR")
+    return clip_model, vision, tokenizer, video_token_id, vocab, shards, shapes
+
+
 def load_videollama2(
     src: str | os.PathLike,
     clip: str | os.PathLike | None = None,
@@ -532,15 +547,7 @@ def load_videollama2(
     src = Path(src)
     source = read_source_config(src)
     text_config = text_config_from_source(source)
-    clip_model = CLIPVisionModel.from_pretrained(clip, dtype=dtype) if clip is not None else None
-    vision = clip_model.config if clip_model is not None else vision_config_from_source(source, src, vision_config)
-    _check_vision_source(source, vision)
-    tokenizer, video_token_id, vocab = _prepare_tokenizer(src, text_config, StreamMindConfig.video_token)
-
-    shards = checkpoint_shards(src)
-    shapes = scan_shards(shards, progress)
-    if clip_model is None and not any(k.startswith(TOWER_PREFIX) for k in shapes):
-        raise ConversionError(f"the checkpoint has no vision tower tensors ({TOWER_PREFIX}*); pass --clip DIR")
+    clip_model, vision, tokenizer, video_token_id, vocab, shards, shapes = _open_source(src, source, text_config, clip, vision_config, dtype, progress)
     if any(k.startswith(PROJECTOR_PREFIX + "pre_net.") for k in shapes):
         logger.warning("%s holds a StreamMind EPFE and gate, which --from videollama2 drops; --from streammind-original keeps them", src)
 
@@ -666,15 +673,7 @@ def load_streammind_original(
             f"mm_vision_select_feature {source['mm_vision_select_feature']!r}: the EPFE was trained on the mean of the "
             "patch tokens without CLS ('patch'), which is what StreamMind computes; other selections are not supported"
         )
-    clip_model = CLIPVisionModel.from_pretrained(clip, dtype=dtype) if clip is not None else None
-    vision = clip_model.config if clip_model is not None else vision_config_from_source(source, src, vision_config)
-    _check_vision_source(source, vision)
-    tokenizer, video_token_id, vocab = _prepare_tokenizer(src, text_config, StreamMindConfig.video_token)
-
-    shards = checkpoint_shards(src)
-    shapes = scan_shards(shards, progress)
-    if clip_model is None and not any(k.startswith(TOWER_PREFIX) for k in shapes):
-        raise ConversionError(f"the checkpoint has no vision tower tensors ({TOWER_PREFIX}*); pass --clip DIR")
+    clip_model, vision, tokenizer, video_token_id, vocab, shards, shapes = _open_source(src, source, text_config, clip, vision_config, dtype, progress)
     perception, gate_config = _original_sizes(shapes, gate_heads)
 
     torch.manual_seed(seed)
