@@ -27,15 +27,23 @@ from .processing import StreamMindProcessor, add_video_token
 logger = logging.getLogger(__name__)
 
 
-def build_model(config: StreamMindConfig, tokenizer: PreTrainedTokenizerBase) -> tuple[StreamMindForCausalLM, StreamMindProcessor]:
-    """A freshly initialised model whose vocabulary and placeholder id match `tokenizer`."""
+def build_model(
+    config: StreamMindConfig, tokenizer: PreTrainedTokenizerBase, vision: CLIPVisionModel | None = None
+) -> tuple[StreamMindForCausalLM, StreamMindProcessor]:
+    """A freshly initialised model whose vocabulary and placeholder id match `tokenizer`.
+
+    `vision`: a pretrained tower to use instead of a fresh one (its config must be
+    `config.vision_config`).
+    """
     video_id = add_video_token(tokenizer, config.video_token)
     config.video_token_id = video_id
     vocab = len(tokenizer)
     if config.text_config.vocab_size < vocab:
         config.text_config.vocab_size = vocab
         config.gate_config.vocab_size = vocab
-    model = StreamMindForCausalLM(config)
+    if vision is not None and vision.config.to_dict() != config.vision_config.to_dict():
+        raise ValueError("the pretrained vision tower's config differs from config.vision_config")
+    model = StreamMindForCausalLM(config, vision=vision)
     return model, StreamMindProcessor(tokenizer, config)
 
 

@@ -1,4 +1,4 @@
-"""The `streammind` command: `streammind {stream,bench,quickstart,train,convert} ...`.
+"""The `streammind` command: `streammind {stream,bench,quickstart,world,pretrain-tower,train,convert} ...`.
 
 `stream` runs a saved model over a video file, a webcam, an RTSP/HTTP URL or a folder of
 images, printing `[mm:ss.s] reply` lines as replies happen (the runtime pieces live in
@@ -33,6 +33,8 @@ from . import __version__
 DELEGATED = {
     "bench": ("streammind.bench", "benchmarks: always-on per-frame cost, kernel parity (streammind.bench)"),
     "quickstart": ("streammind.quickstart", "generate the synthetic world, train the tiny model, evaluate (streammind.quickstart)"),
+    "world": ("streammind.world", "generate the synthetic world and its tokenizer (streammind.world)"),
+    "pretrain-tower": ("streammind.tower_pretrain", "CLIP-style pretraining of the tiny tower on a world (streammind.tower_pretrain)"),
     "train": ("streammind.train", "train one stage from a YAML config (streammind.train)"),
     "convert": ("streammind.convert", "conversion tools (streammind.convert)"),
 }

@@ -3,12 +3,14 @@
 On 2 CPU cores, in minutes, with nothing downloaded:
 1. generate the synthetic streaming world (real mp4 videos + canonical annotations) and its
    tokenizer (`streammind.world`);
-2. train stage 1 (language) and stage 2 (gate) of the tiny preset (`configs/tiny/*.yaml`,
-   through `streammind.train`, exactly as a user would run them);
-3. evaluate the held-out test split with the real streaming runtime (free-running
+2. pretrain the tiny vision tower CLIP-style on the world's frames (`streammind.tower_pretrain`;
+   the stand-in for the pretrained CLIP the real preset starts from);
+3. train stage 1 (language) and stage 2 (gate) of the tiny preset on the frozen tower
+   (`configs/tiny/*.yaml`, through `streammind.train`, exactly as a user would run them);
+4. evaluate the held-out test split with the real streaming runtime (free-running
    protocol, `eval.streaming`), writing predictions, metrics, a table and timeline plots;
-4. stream one test video, printing each reply with its timestamp as it happens;
-5. write `<out>/test_metrics.json` with trigger_acc, timval, trigger_f1_1s,
+5. stream one test video, printing each reply with its timestamp as it happens;
+6. write `<out>/test_metrics.json` with trigger_acc, timval, trigger_f1_1s,
    reply_exact_match, num_videos (and the wall time of each step).
 
 Reference: SPEC §9.
@@ -39,6 +41,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--stage2-epochs", type=float, default=None, help="Override stage-2 epochs (default: the YAML's).")
     parser.add_argument("--num-train", type=int, default=None, help="Override the number of training videos (default: the world's).")
     parser.add_argument("--num-test", type=int, default=None, help="Override the number of test videos (default: the world's).")
+    parser.add_argument("--tower-steps", type=int, default=400, help="Optimiser steps of the tower pretraining.")
     parser.add_argument("--move-queries", action="store_true", help="Also ask about moves (a harder world, see streammind.world).")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
@@ -47,6 +50,7 @@ def main(argv: list[str] | None = None) -> dict:
     from streammind.builder import load_model
     from streammind.datasets.annotations import load_annotations
     from streammind.streaming import StreamingSession
+    from streammind.tower_pretrain import pretrain_tower
     from streammind.train import main as train_main
     from streammind.world import WorldConfig, build_tokenizer, generate_world
 
@@ -54,7 +58,7 @@ def main(argv: list[str] | None = None) -> dict:
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
 
-    print(f"[1/4] synthetic world -> {world}")
+    print(f"[1/5] synthetic world -> {world}")
     overrides = {k: v for k, v in (("num_train", args.num_train), ("num_test", args.num_test)) if v is not None}
     overrides["move_queries"] = args.move_queries
     summary = generate_world(world, WorldConfig(seed=args.seed, **overrides), progress=True)
@@ -63,22 +67,30 @@ def main(argv: list[str] | None = None) -> dict:
         build_tokenizer(world / "tokenizer")
     timings["world_s"] = time.perf_counter() - t0
 
-    common = ["--train_annotations", str(world / "train.jsonl"), "--data_root", str(world), "--seed", str(args.seed)]
     t = time.perf_counter()
-    print("[2/4] stage 1 (language): vision + EPFE + LLM")
-    stage1 = ["--output_dir", str(out / "stage1"), "--tokenizer_path", str(world / "tokenizer")] + (["--num_train_epochs", str(args.stage1_epochs)] if args.stage1_epochs else [])
+    print("[2/5] vision tower: CLIP-style pretraining on the world's frames")
+    tower = pretrain_tower(world, out / "tower", steps=args.tower_steps, seed=args.seed, progress=True)
+    print(f"      held-out scene accuracy {tower['val_scene_acc']:.3f} (shape {tower['val_shape_acc']:.3f}, colour {tower['val_colour_acc']:.3f})")
+    timings["tower_s"] = time.perf_counter() - t
+
+    common = ["--train_annotations", str(world / "train.jsonl"), "--data_root", str(world), "--seed", str(args.seed),
+              "--feature_cache_dir", str(out / "feature_cache")]
+    t = time.perf_counter()
+    print("[3/5] stage 1 (language): EPFE + LLM on the frozen tower")
+    stage1 = ["--output_dir", str(out / "stage1"), "--tokenizer_path", str(world / "tokenizer"), "--clip_path", str(out / "tower")]
+    stage1 += ["--num_train_epochs", str(args.stage1_epochs)] if args.stage1_epochs else []
     train_main([str(Path(args.configs) / "stage1.yaml"), *common, *stage1])
     timings["stage1_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    print("[3/4] stage 2 (gate)")
+    print("[4/5] stage 2 (gate)")
     stage2 = ["--output_dir", str(out / "stage2"), "--init_from", str(out / "stage1")]
     stage2 += ["--num_train_epochs", str(args.stage2_epochs)] if args.stage2_epochs else []
     train_main([str(Path(args.configs) / "stage2.yaml"), *common, *stage2])
     timings["stage2_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    print("[4/4] evaluating the test split with the streaming runtime")
+    print("[5/5] evaluating the test split with the streaming runtime")
     model, processor = load_model(out / "stage2")
     records = load_annotations(world / "test.jsonl")
     metrics = run_free_running(model, processor, records, world, out / "eval_test")

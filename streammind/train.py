@@ -1,8 +1,9 @@
 """Two-stage training on HF Trainer: `python -m streammind.train <stage.yaml> [--key value ...]`.
 
 - Stage 1 (language): perception (EPFE) + LLM (full or LoRA) learn the replies with the
-  next-token loss; the vision tower and the gate are frozen (the tiny preset also trains
-  the tower: no pretrained CLIP exists offline).
+  next-token loss; the vision tower and the gate are frozen. The tiny preset's tower comes
+  from `streammind.tower_pretrain` (`clip_path` next to `preset`), since no pretrained
+  CLIP exists offline.
 - Stage 2 (gate): only the gate learns, from the stage-1 checkpoint (`init_from`), with the
   weighted cross-entropy over per-frame labels.
 
@@ -28,7 +29,7 @@ from pathlib import Path
 
 import torch
 import yaml
-from transformers import AutoTokenizer, HfArgumentParser, Trainer, TrainingArguments, set_seed
+from transformers import AutoTokenizer, CLIPVisionModel, HfArgumentParser, Trainer, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from .builder import build_from_parts, build_model, load_model
@@ -46,7 +47,10 @@ class ModelArguments:
     init_from: str | None = field(default=None, metadata={"help": "A saved StreamMind directory to start from (required for stage 2)."})
     preset: str | None = field(default=None, metadata={"help": "Build a fresh model from a preset ('tiny', 'streammind-7b')."})
     tokenizer_path: str | None = field(default=None, metadata={"help": "Tokenizer directory for a preset-built model."})
-    clip_path: str | None = field(default=None, metadata={"help": "CLIP directory or hub id (with llm_path: build from real parts)."})
+    clip_path: str | None = field(
+        default=None,
+        metadata={"help": "CLIP directory or hub id: with llm_path, build from real parts; with preset, the preset's tower starts from it."},
+    )
     llm_path: str | None = field(default=None, metadata={"help": "LLM directory or hub id (with clip_path)."})
     gate_init_from_llm: bool = field(default=False, metadata={"help": "Initialise the gate from the LLM's first layers."})
     torch_dtype: str = field(default="float32", metadata={"help": "Weight dtype when loading or building: float32, bfloat16 or float16."})
@@ -63,13 +67,15 @@ class ModelArguments:
     def __post_init__(self):
         if self.torch_dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"torch_dtype must be float32, bfloat16 or float16, got {self.torch_dtype!r}")
-        sources = [self.init_from is not None, self.preset is not None, self.clip_path is not None or self.llm_path is not None]
+        sources = [self.init_from is not None, self.preset is not None, self.llm_path is not None]
         if sum(sources) != 1:
-            raise ValueError("give exactly one model source: init_from, preset (+ tokenizer_path), or clip_path + llm_path")
+            raise ValueError("give exactly one model source: init_from, preset (+ tokenizer_path, optionally clip_path), or clip_path + llm_path")
         if self.preset is not None and self.tokenizer_path is None:
             raise ValueError("preset needs tokenizer_path (the LLM tokenizer to size the vocabulary)")
-        if (self.clip_path is None) != (self.llm_path is None):
-            raise ValueError("clip_path and llm_path go together")
+        if self.llm_path is not None and self.clip_path is None:
+            raise ValueError("llm_path needs clip_path (the vision tower to build with)")
+        if self.init_from is not None and self.clip_path is not None:
+            raise ValueError("clip_path cannot be combined with init_from (the checkpoint already holds its tower)")
 
 
 @dataclass
@@ -194,20 +200,25 @@ def build(model_args: ModelArguments, device: torch.device):
     if model_args.init_from is not None:
         model, processor = load_model(model_args.init_from, dtype=dtype)
     elif model_args.preset is not None:
-        config = StreamMindConfig.from_preset(model_args.preset, **model_args.model_overrides)
+        overrides = dict(model_args.model_overrides)
+        clip = None
+        if model_args.clip_path is not None:  # a pretrained tower, e.g. from streammind.tower_pretrain
+            clip = CLIPVisionModel.from_pretrained(model_args.clip_path, dtype=dtype).to(device)
+            overrides["vision_config"] = clip.config.to_dict()
+        config = StreamMindConfig.from_preset(model_args.preset, **overrides)
         previous = torch.get_default_dtype()
         # Initialise directly in the target dtype and on the training device: a fresh 7B model
         # is 30 GB in fp32, and random init on a CPU takes many minutes.
         torch.set_default_dtype(dtype)
         try:
             with device:
-                model, processor = build_model(config, AutoTokenizer.from_pretrained(model_args.tokenizer_path))
+                model, processor = build_model(config, AutoTokenizer.from_pretrained(model_args.tokenizer_path), vision=clip)
         finally:
             torch.set_default_dtype(previous)
     else:
         model, processor = build_from_parts(model_args.clip_path, model_args.llm_path, gate_init_from_llm=model_args.gate_init_from_llm,
                                             dtype=dtype, **model_args.model_overrides)
-    if model_args.gate_init_from_llm and model_args.clip_path is None:
+    if model_args.gate_init_from_llm and model_args.llm_path is None:
         from .builder import init_gate_from_llm
 
         init_gate_from_llm(model)

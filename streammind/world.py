@@ -348,6 +348,28 @@ class VideoSpec:
         return objects
 
 
+def scene_from_record(record: dict, t: float) -> tuple[WorldObject, ...]:
+    """Objects on screen at ``t`` seconds in a video, from its JSONL record (``initial`` + ``events``)."""
+    if "initial" not in record or "events" not in record:
+        raise KeyError(f"record {record.get('id', record.get('video'))!r} has no 'initial' / 'events': not written by the synthetic world")
+    objects = tuple(WorldObject(**o) for o in record["initial"])
+    for e in record["events"]:
+        if e["time"] <= t + 1e-9:
+            objects = Event(**{k: v for k, v in e.items() if k != "text"}).apply(objects)
+    return objects
+
+
+def all_scenes(max_objects: int = 2) -> list[tuple[WorldObject, ...]]:
+    """Every scene the world can show with at most ``max_objects`` shapes (different shape types), slot-ordered."""
+    singles = [WorldObject(s, c, slot) for slot in SLOTS for s in SHAPES for c in COLOURS]
+    scenes: list[tuple[WorldObject, ...]] = [()] + [(o,) for o in singles]
+    if max_objects >= 2:
+        left = [o for o in singles if o.slot == "left"]
+        right = [o for o in singles if o.slot == "right"]
+        scenes += [(a, b) for a in left for b in right if a.shape != b.shape]
+    return scenes
+
+
 def sample_video(rng: random.Random, config: WorldConfig) -> VideoSpec:
     """Draw one video script with >= 1 event matching its query and >= 1 distractor."""
     query = rng.choice(config.queries())

@@ -53,3 +53,13 @@ def small_world(tmp_path_factory):
     generate_world(out, WorldConfig(seed=1, num_train=6, num_val=1, num_test=3))
     build_tokenizer(out / "tokenizer")
     return out
+
+
+@pytest.fixture(scope="session")
+def small_tower(small_world, tmp_path_factory):
+    """The tiny preset's tower after a few steps of pretraining on `small_world` (a CLIPVisionModel dir)."""
+    from streammind.tower_pretrain import pretrain_tower
+
+    out = tmp_path_factory.mktemp("tower")
+    pretrain_tower(small_world, out, steps=5, batch_size=16, progress=False)
+    return out

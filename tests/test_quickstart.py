@@ -13,13 +13,14 @@ from streammind.quickstart import main
 def test_quickstart_runs_from_nothing_and_writes_the_metrics(tmp_path, capsys):
     out, world = tmp_path / "run", tmp_path / "world"
     result = main(["--out", str(out), "--world", str(world), "--num-train", "4", "--num-test", "2",
-                   "--stage1-epochs", "1", "--stage2-epochs", "1"])
+                   "--stage1-epochs", "1", "--stage2-epochs", "1", "--tower-steps", "5"])
     assert (world / "tokenizer" / "tokenizer.json").exists()
     metrics = json.loads((out / "test_metrics.json").read_text())
     assert metrics == json.loads(json.dumps(result))
     assert {"trigger_acc", "timval", "trigger_f1_1s", "reply_exact_match", "num_videos"} <= set(metrics)
     assert metrics["num_videos"] == 2
     assert (out / "stage2" / "model.safetensors").exists()
+    assert (out / "tower" / "pretrain_metrics.json").exists() and "tower_s" in metrics["timings"]
     assert (out / "eval_test" / "predictions.jsonl").read_text().count("\n") == 2
     printed = capsys.readouterr().out
     assert "streaming videos/test/0000.mp4" in printed and "ground truth:" in printed

@@ -14,6 +14,7 @@ import sys
 import pytest
 import torch
 import yaml
+from transformers import CLIPVisionModel
 
 from streammind import load_model
 from streammind.train import ModelArguments, _load_yaml, main, parse_args, set_trainable
@@ -55,43 +56,49 @@ def test_set_trainable_raises_on_unmatched_and_counts(tiny_tokenizer):
     assert [n for n, p in model.named_parameters() if p.requires_grad] == ["perception.block.mixer.A_log"]
 
 
-def _stage_args(world, out, stage, extra=()):
+def _stage_args(world, tower, out, stage, extra=()):
+    """The tiny stage YAML pointed at the test world, its pretrained tower and a private feature cache."""
     cfg = REPO / "configs" / "tiny" / f"stage{stage}.yaml"
     args = [str(cfg), "--train_annotations", str(world / "train.jsonl"), "--data_root", str(world), "--output_dir", str(out),
-            "--max_steps", "2", "--per_device_train_batch_size", "2", "--report_to", "none", "--logging_steps", "1"]
+            "--max_steps", "2", "--per_device_train_batch_size", "2", "--report_to", "none", "--logging_steps", "1",
+            "--feature_cache_dir", str(out.parent / "features")]
     if stage == 1:
-        args += ["--tokenizer_path", str(world / "tokenizer")]
+        args += ["--tokenizer_path", str(world / "tokenizer"), "--clip_path", str(tower)]
     return args + list(extra)
 
 
-def test_stage1_then_stage2_train_what_they_declare(small_world, tmp_path):
-    out1 = main(_stage_args(small_world, tmp_path / "s1", 1))
+def test_stage1_then_stage2_train_what_they_declare(small_world, small_tower, tmp_path):
+    out1 = main(_stage_args(small_world, small_tower, tmp_path / "s1", 1))
     assert (tmp_path / "s1" / "run_config.yaml").exists()
     assert yaml.safe_load((tmp_path / "s1" / "run_config.yaml").read_text())["stage"] == 1
     stage1, _ = load_model(out1)
-    out2 = main(_stage_args(small_world, tmp_path / "s2", 2, ["--init_from", out1]))
+    tower = CLIPVisionModel.from_pretrained(small_tower).state_dict()
+    assert all(torch.equal(stage1.vision.clip.state_dict()[k], v) for k, v in tower.items())  # frozen in stage 1
+    assert len(list((tmp_path / "features").rglob("*.pt"))) == 6  # one file of pooled features per training video
+    out2 = main(_stage_args(small_world, small_tower, tmp_path / "s2", 2, ["--init_from", out1]))
     stage2, _ = load_model(out2)
     changed = {n.split(".")[0] for n, p in stage2.state_dict().items() if not torch.equal(p, stage1.state_dict()[n])}
     assert changed == {"gate"}
+    assert len(list((tmp_path / "features").iterdir())) == 1  # stage 2 found the same tower, hence the same cache key
 
 
-def test_resume_continues_from_the_last_checkpoint(small_world, tmp_path):
+def test_resume_continues_from_the_last_checkpoint(small_world, small_tower, tmp_path):
     out = tmp_path / "run"
-    main(_stage_args(small_world, out, 1, ["--save_steps", "1", "--save_total_limit", "2"]))
-    main(_stage_args(small_world, out, 1, ["--max_steps", "3", "--resume_from_checkpoint", "auto", "--save_steps", "1"]))
+    main(_stage_args(small_world, small_tower, out, 1, ["--save_steps", "1", "--save_total_limit", "2"]))
+    main(_stage_args(small_world, small_tower, out, 1, ["--max_steps", "3", "--resume_from_checkpoint", "auto", "--save_steps", "1"]))
     state = json.loads((out / "checkpoint-3" / "trainer_state.json").read_text())
     assert state["global_step"] == 3
     assert [h["step"] for h in state["log_history"] if "loss" in h] == [1, 2, 3]
 
 
-def test_two_process_cpu_ddp_through_the_launcher(small_world, tmp_path):
+def test_two_process_cpu_ddp_through_the_launcher(small_world, small_tower, tmp_path):
     """scripts/finetune_stage1.sh with NPROC_PER_NODE=2 runs torchrun (gloo) and trains the tiny preset."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "PYTHON": sys.executable,
            "NPROC_PER_NODE": "2", "MASTER_PORT": str(port)}
-    args = _stage_args(small_world, tmp_path / "ddp", 1)
+    args = _stage_args(small_world, small_tower, tmp_path / "ddp", 1)
     proc = subprocess.run([str(REPO / "scripts" / "finetune_stage1.sh"), *args], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "ddp" / "model.safetensors").exists()

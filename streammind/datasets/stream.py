@@ -99,7 +99,7 @@ class FeatureCache:
     def store(self, video, fps, start, end, features: torch.Tensor) -> None:
         p = self.path(video, fps, start, end)
         p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_suffix(".tmp")
+        tmp = p.with_suffix(f".{os.getpid()}.tmp")  # ranks of one run may store the same clip at once
         torch.save(features.cpu(), tmp)
         tmp.replace(p)
 
