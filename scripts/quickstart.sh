@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The main job on the embedded default (SPEC §9): generate the synthetic world, train stage 1
-# and stage 2 of the tiny preset, evaluate the test split with the streaming runtime, stream
-# one test video, and write runs/quickstart/test_metrics.json.
+# The main job on the embedded default (SPEC §9): generate the synthetic world, pretrain the
+# tiny vision tower on it (CLIP-style), train stage 1 and stage 2 of the tiny preset, evaluate
+# the test split with the streaming runtime, stream one test video, and write
+# runs/quickstart/test_metrics.json.
 # Hardware: 2 CPU cores, no GPU, no network beyond PyPI for the first install.
 # Extra arguments go to `python -m streammind.quickstart` (see --help).
 set -euo pipefail

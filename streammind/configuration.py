@@ -120,9 +120,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(
         vision_config=_TINY_VISION,
         text_config=_TINY_TEXT,
-        # A tower trained from scratch at 32 px: max pooling keeps the object's features
-        # clear of the background's (mean pooling trains ~3x slower on the synthetic world).
-        frame_pooling="max",
+        # Spatial mean pooling as in the paper; the tower is pretrained on the synthetic world
+        # with this very pooling (streammind.tower_pretrain).
+        frame_pooling="mean",
         gate_num_layers=2,
         gate_window=256,
         max_turn_frames=128,
