@@ -137,7 +137,10 @@ def pretrain_tower(
     start = time.perf_counter()
     torch.manual_seed(seed)
     config = StreamMindConfig.from_preset(preset)
-    world = json.loads((Path(world_dir) / "world.json").read_text())
+    meta_path = Path(world_dir) / "world.json"
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{world_dir} is not a synthetic world (no world.json); write one with python -m streammind.world {world_dir}")
+    world = json.loads(meta_path.read_text())
     scenes = all_scenes(world["config"]["max_objects"])
     scene_index = {s: i for i, s in enumerate(scenes)}
     processor = FrameProcessor.from_config(config)

@@ -62,6 +62,17 @@ def test_pretraining_learns_and_the_tower_loads_into_a_preset(small_world, tmp_p
     assert all(torch.equal(loaded[k], v) for k, v in tower.state_dict().items())
 
 
+def test_bad_inputs_name_the_problem(small_world, tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a synthetic world"):
+        pretrain_tower(tmp_path, tmp_path / "tower", steps=1, progress=False)
+    # Canonical annotations without the world's scene fields (initial / events).
+    (tmp_path / "videos").symlink_to(small_world / "videos")
+    record = {"video": "videos/train/0000.mp4", "query": "q", "turns": [{"time": 2.0, "text": "x"}], "id": "plain"}
+    (tmp_path / "train.jsonl").write_text(json.dumps(record) + "\n")
+    with pytest.raises(KeyError, match="'plain' has no 'initial' / 'events'"):
+        load_scene_frames(tmp_path, "train", fps=2.0, progress=False)
+
+
 def test_model_sources_and_a_mismatched_tower(small_world, small_tower):
     with pytest.raises(ValueError, match="llm_path needs clip_path"):
         ModelArguments(llm_path="x")
