@@ -77,7 +77,7 @@ def test_bad_records_raise_or_are_counted(small_world, tiny_tokenizer, tmp_path)
     assert dict(ds.skipped) == {"missing_video": 1, "undecodable_video": 1, "no_turns": 1, "turn_past_end": 1}
 
 
-def test_feature_cache_round_trip_and_key(small_world, tiny_tokenizer, tmp_path):
+def test_feature_cache_round_trip_and_key(small_world, tiny_tokenizer, tmp_path, monkeypatch):
     model, processor = make_tiny(tiny_tokenizer)
     key = vision_cache_key(model)
     cache = FeatureCache(tmp_path, key)
@@ -87,9 +87,20 @@ def test_feature_cache_round_trip_and_key(small_world, tiny_tokenizer, tmp_path)
     assert len(list(tmp_path.rglob("*.pt"))) == 1
     again = ds[0]["frame_features"]
     assert torch.equal(first, again)
-    pixels = StreamDataset(records, small_world, processor, stage=2)[0]["pixel_values"]
+    uncached = StreamDataset(records, small_world, processor, stage=2)[0]
     with torch.no_grad():
-        assert torch.allclose(model.vision(pixels), first, atol=1e-6)
+        assert torch.allclose(model.vision(uncached["pixel_values"]), first, atol=1e-6)
+    # A cache hit never decodes the video: frame times come from the cache too.
+    import streammind.datasets.stream as stream_module
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("a cached clip was decoded")
+
+    monkeypatch.setattr(stream_module, "read_video", no_decoding)
+    for stage in (1, 2):
+        hit = StreamDataset(records, small_world, processor, stage=stage, feature_cache=cache, encoder=model.vision.encode_frames)[0]
+        assert torch.equal(hit["frame_features"], first[: len(hit["frame_features"])])
+    assert hit["gate_labels"] == uncached["gate_labels"]
     # Anything that changes features changes the key.
     other, _ = make_tiny(tiny_tokenizer, seed=1)
     assert vision_cache_key(other) != key

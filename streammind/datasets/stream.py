@@ -78,6 +78,9 @@ def turn_end_frames(frame_times: np.ndarray, turn_times: list[float]) -> list[in
 class FeatureCache:
     """Pooled CLIP features on disk, one file per clip, under a key of everything that affects them.
 
+    Each file holds the features and the clip's frame times, so a cached clip is never decoded
+    again.
+
     Args:
         root: cache directory.
         model_key: identifies the frozen tower (`vision_cache_key(model)`).
@@ -85,22 +88,27 @@ class FeatureCache:
 
     root: str | os.PathLike
     model_key: str
+    FORMAT = 2  # bumped when the file content changes; older files are simply not found
 
     def path(self, video: str, fps: float, start: float | None, end: float | None) -> Path:
         stat = os.stat(video)
-        clip_key = json.dumps([os.path.abspath(video), stat.st_size, int(stat.st_mtime), fps, start, end])
+        clip_key = json.dumps([self.FORMAT, os.path.abspath(video), stat.st_size, int(stat.st_mtime), fps, start, end])
         digest = hashlib.sha1(clip_key.encode()).hexdigest()[:20]
         return Path(self.root) / self.model_key / f"{digest}.pt"
 
-    def load(self, video, fps, start, end) -> torch.Tensor | None:
+    def load(self, video, fps, start, end) -> tuple[torch.Tensor, np.ndarray] | None:
+        """(features [T, Dv], frame times [T]) of a cached clip, or None."""
         p = self.path(video, fps, start, end)
-        return torch.load(p, weights_only=True) if p.exists() else None
+        if not p.exists():
+            return None
+        entry = torch.load(p, weights_only=True)
+        return entry["features"], entry["times"].numpy()
 
-    def store(self, video, fps, start, end, features: torch.Tensor) -> None:
+    def store(self, video, fps, start, end, features: torch.Tensor, times: np.ndarray) -> None:
         p = self.path(video, fps, start, end)
         p.parent.mkdir(parents=True, exist_ok=True)
         tmp = p.with_suffix(f".{os.getpid()}.tmp")  # ranks of one run may store the same clip at once
-        torch.save(features.cpu(), tmp)
+        torch.save({"features": features.cpu(), "times": torch.as_tensor(np.asarray(times), dtype=torch.float64)}, tmp)
         tmp.replace(p)
 
 
@@ -210,22 +218,27 @@ class StreamDataset(Dataset):
     def example(self, i: int) -> dict:
         """Build example i (may raise BadSample)."""
         rec = self.records[self.index[i]]
-        frames, times = self._frames(self.index[i], rec)
+        feats = None
+        if self.feature_cache is not None:
+            video = str(self.data_root / rec.video)
+            cached = self.feature_cache.load(video, self.fps, rec.start, rec.end)
+            if cached is None:
+                frames, times = self._frames(self.index[i], rec)
+                with torch.no_grad():
+                    feats = self.encoder(self.processor.preprocess_frames(frames))
+                self.feature_cache.store(video, self.fps, rec.start, rec.end, feats, times)
+            else:
+                feats, times = cached
+        else:
+            frames, times = self._frames(self.index[i], rec)
         ends = turn_end_frames(times, [t.time for t in rec.turns])
         # Stage 1 needs no frames after the last reply; stage 2 labels every frame.
         n = ends[-1] if self.stage == 1 else len(times)
-        frames = frames[:n]
         ex: dict = {}
-        if self.feature_cache is not None:
-            video = str(self.data_root / rec.video)
-            feats = self.feature_cache.load(video, self.fps, rec.start, rec.end)
-            if feats is None:
-                with torch.no_grad():
-                    feats = self.encoder(self.processor.preprocess_frames(self._frames(self.index[i], rec)[0]))
-                self.feature_cache.store(video, self.fps, rec.start, rec.end, feats)
+        if feats is not None:
             ex["frame_features"] = feats[:n]
         else:
-            ex["pixel_values"] = self.processor.preprocess_frames(frames)
+            ex["pixel_values"] = self.processor.preprocess_frames(frames[:n])
         if self.stage in (1, "both"):
             turns, start = [], 0
             for k, (end, turn) in enumerate(zip(ends, rec.turns)):
