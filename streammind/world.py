@@ -250,7 +250,9 @@ class WorldConfig:
     # A move leaves a pooled frame vector almost unchanged (the same shape, colour and
     # area, only elsewhere), so with the paper's one-vector-per-frame design the "moves"
     # query is off by default: moves stay in the videos as distractors. On gives a
-    # harder world whose move replies (left / right) need spatial features.
+    # harder world whose move replies (left / right) need spatial features (measured with
+    # the quick start's recipe: reply exact match 0.855, 10 of its 11 misses are the
+    # direction of a move; trigger_acc 0.987).
     move_queries: bool = False
     crf: int = 12  # libx264 quality; low enough that colours survive yuv420p almost exactly
 
