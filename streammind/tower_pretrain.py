@@ -84,7 +84,7 @@ def load_scene_frames(world_dir: str | Path, split: str, fps: float, max_videos:
     world_dir = Path(world_dir)
     records = load_annotations(world_dir / f"{split}.jsonl")[:max_videos]
     if not records:
-        raise ValueError(f"{world_dir / f'{split}.jsonl'} has no videos to pretrain on")
+        raise ValueError(f"{world_dir / f'{split}.jsonl'} has no videos (pretraining needs train videos, and val videos for its held-out accuracy)")
     scene_index = scene_index or {s: i for i, s in enumerate(all_scenes(2))}
     frames, labels = [], []
     for rec in tqdm(records, desc=f"decode {split}", unit="video", disable=not progress):
