@@ -257,19 +257,27 @@ def run_stream_protocols(
 # ---------------------------------------------------------------------------------------
 
 
-def build_parser(prog: str, description: str, *, annotations_help: str, stream: bool = True) -> argparse.ArgumentParser:
-    """The shared arguments: --model --data-root --annotations --out --limit --device
-    --dtype --threshold, and for stream benchmarks --protocol --num-plots --skip-meteor."""
+def build_parser(
+    prog: str, description: str, *, annotations_help: str | None, stream: bool = True, model_required: bool = True
+) -> argparse.ArgumentParser:
+    """The shared arguments: --model --data-root [--annotations] --out --limit --device
+    --dtype, and for stream benchmarks --threshold --protocol --num-plots --skip-meteor.
+
+    `annotations_help=None` leaves --annotations out; `model_required=False` makes --model
+    optional (the offline benchmarks re-score saved predictions without a model).
+    """
     parser = argparse.ArgumentParser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="saved StreamMind directory (config, weights, tokenizer)")
+    parser.add_argument("--model", required=model_required,
+                        help="saved StreamMind directory (config, weights, tokenizer)" + ("" if model_required else "; not needed with --predictions"))
     parser.add_argument("--data-root", required=True, type=Path, help="directory the benchmark's videos (and default annotations) live under")
-    parser.add_argument("--annotations", type=Path, default=None, help=annotations_help)
+    if annotations_help is not None:
+        parser.add_argument("--annotations", type=Path, default=None, help=annotations_help)
     parser.add_argument("--out", required=True, type=Path, help="output directory (predictions, metrics, table, plots)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N examples")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--dtype", choices=_DTYPES, default="float32", help="weight dtype (default: %(default)s)")
-    parser.add_argument("--threshold", type=float, default=None, help="gate threshold: respond when p > threshold (default: the model config's)")
     if stream:
+        parser.add_argument("--threshold", type=float, default=None, help="gate threshold: respond when p > threshold (default: the model config's)")
         parser.add_argument("--protocol", choices=PROTOCOLS, default="both", help="free-running, teacher-forced or both (default: %(default)s)")
         parser.add_argument("--num-plots", type=int, default=8, help="timeline plots to draw per protocol (default: %(default)s)")
         parser.add_argument("--skip-meteor", action="store_true", help="do not run METEOR (it needs Java)")

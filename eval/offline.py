@@ -61,7 +61,7 @@ import numpy as np
 import torch
 from transformers import DynamicCache
 
-from eval.common import EvalFailure, Task, apply_limit, load_model_from_args, run_task
+from eval.common import EvalFailure, Task, apply_limit, build_parser, load_model_from_args, run_task
 from streammind.datasets.video import VideoDecodeError, probe_video, read_video
 
 logger = logging.getLogger(__name__)
@@ -587,23 +587,10 @@ def load_saved_predictions(paths: Sequence[str | Path]) -> dict[str, dict]:
 def build_offline_parser(
     prog: str, description: str, *, max_new_tokens: int, annotations_help: str | None = None
 ) -> argparse.ArgumentParser:
-    """The arguments of `eval.common.build_parser` (same names and defaults) plus the offline ones.
-
-    Written out rather than taken from `build_parser` because --model must be optional
-    here: re-scoring saved predictions (--predictions) needs no model. The gate's
-    --threshold does not apply to the offline benchmarks; --annotations is added only for
-    benchmarks that take it (`annotations_help` given).
-    """
-    parser = argparse.ArgumentParser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=None, help="saved StreamMind directory (not needed with --predictions)")
-    parser.add_argument("--data-root", required=True, type=Path, help="the benchmark's data root (layout above)")
-    if annotations_help is not None:
-        parser.add_argument("--annotations", type=Path, default=None, help=annotations_help)
-    parser.add_argument("--out", required=True, type=Path, help="output directory (predictions, metrics, table)")
-    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N examples")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
-                        help="weight dtype (default: %(default)s)")
+    """`eval.common.build_parser` without the gate's options, --model optional (re-scoring saved
+    predictions needs none), --annotations only for benchmarks that take it (`annotations_help`
+    given), plus the offline ones."""
+    parser = build_parser(prog, description, annotations_help=annotations_help, stream=False, model_required=False)
     parser.add_argument("--num-frames", type=int, default=DEFAULT_NUM_FRAMES,
                         help="frames sampled uniformly per clip, the middles of equal chunks (default: %(default)s)")
     parser.add_argument("--fps", type=float, default=None,
