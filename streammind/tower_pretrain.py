@@ -16,7 +16,8 @@ This module gives the tower the kind of start CLIP gives the real one, on the wo
 - the loss is CLIP's image-to-text InfoNCE against all scenes, with a learned temperature.
 
 Only the tower is kept: a ``CLIPVisionModel`` directory that stage 1 loads with
-``clip_path`` next to ``preset`` (configs/tiny/stage1.yaml). Held-out accuracy on the
+``clip_path`` next to ``preset`` (configs/tiny/stage1.yaml); layers after the feature layer
+keep their initial weights, since StreamMind never runs them. Held-out accuracy on the
 val split (scene, colour, shape, slot) goes to ``OUT/pretrain_metrics.json``.
 
 Entry point: ``python -m streammind.tower_pretrain WORLD_DIR OUT_DIR [--steps 400]``.
