@@ -462,25 +462,28 @@ def _pyav_read(path: str, index: _Index, times: np.ndarray) -> VideoClip:
             if use_seek and (first is None or first[0] != times[0]):
                 logger.debug("%s: seek overshot the window start, decoding from the beginning", path)
                 continue
-            out_t, out_pts, frames = [], [], []
+            rgb_picked = []
             last_frame, last_rgb = None, None
             for t, pts, frame in itertools.chain([first] if first is not None else [], picked):
                 if frame is not last_frame:
                     last_frame, last_rgb = frame, _pyav_rgb(frame)
-                out_t.append(t)
-                out_pts.append(pts)
-                frames.append(last_rgb)
+                rgb_picked.append((t, pts, last_rgb))
             break
-    if not frames:
+    return _clip_from(path, index, stats, rgb_picked)
+
+
+def _clip_from(path: str, index: _Index, stats: _Stats, picked: list[tuple[float, float, np.ndarray]]) -> VideoClip:
+    """The VideoClip of ``(grid time, pts, rgb)`` triples; raises when none, warns about skips and drops."""
+    if not picked:
         raise VideoDecodeError(f"{path}: no frame could be decoded")
     if stats.skipped:
         logger.warning("%s: skipped %d undecodable packets/frames", path, stats.skipped)
     if stats.dropped:
         logger.warning("%s: %d grid times precede the first decodable frame and were dropped", path, stats.dropped)
     return VideoClip(
-        frames=np.stack(frames),
-        times=np.array(out_t, dtype=np.float64),
-        frame_pts=np.array(out_pts, dtype=np.float64),
+        frames=np.stack([f for _, _, f in picked]),
+        times=np.array([t for t, _, _ in picked], dtype=np.float64),
+        frame_pts=np.array([p for _, p, _ in picked], dtype=np.float64),
         info=index.info,
         skipped=stats.skipped,
     )
@@ -678,20 +681,7 @@ def read_video(
     if index.info.backend == "pyav":
         return _pyav_read(path, index, times)
     stats = _Stats()
-    picked = list(_decord_pick(index, times, stats, _LastGood()))
-    if not picked:
-        raise VideoDecodeError(f"{path}: no frame could be decoded")
-    if stats.skipped:
-        logger.warning("%s: skipped %d undecodable frames", path, stats.skipped)
-    if stats.dropped:
-        logger.warning("%s: %d grid times precede the first decodable frame and were dropped", path, stats.dropped)
-    return VideoClip(
-        frames=np.stack([f for _, _, f in picked]),
-        times=np.array([t for t, _, _ in picked], dtype=np.float64),
-        frame_pts=np.array([p for _, p, _ in picked], dtype=np.float64),
-        info=index.info,
-        skipped=stats.skipped,
-    )
+    return _clip_from(path, index, stats, list(_decord_pick(index, times, stats, _LastGood())))
 
 
 class FrameIterator:
