@@ -11,7 +11,7 @@ turn, in one `[INST]` turn:
         --model.get_perception_tokens--> tokens [1, T, D] (CLIP, EPFE scan over the clip)
         --model.select_turn_tokens (the config's sampling)--> [k, D]
     <s>[INST] <<SYS>>..<</SYS>>\\n\\n{question}<video>*k\\n [/INST]  --merge_video_tokens-->
-        inputs_embeds [1, S_text, D] --LLM with a DynamicCache--> greedy or beam search
+        inputs_embeds [1, S_text, D] --the inference engine's LLM--> greedy or beam search
 
 Frame sampling. `uniform_times` splits the window [start, end) into T equal chunks and
 takes the middle of each, t_i = start + (i + 0.5) (end - start) / T, as the original
@@ -22,16 +22,13 @@ the VideoLLM-online way of feeding every 2 fps frame of a segment; a window hold
 than `max_frames` grid times is sampled uniformly with `max_frames` instead), and reads
 directories of image files (MVBench's frame-type tasks) with a given frame rate.
 
-Decoding. `greedy_decode` stops at EOS or after `max_new_tokens` tokens. `beam_search`
-is a plain beam search over a shared prompt cache (`DynamicCache.batch_repeat_interleave`
-then `reorder_cache` each step): at every step the 2K best continuations of the K live
-beams are ranked; an EOS among the first K ranks closes a hypothesis scored
-sum(log p) / length ** length_penalty (length counts the generated tokens, EOS
-included), the best K others stay live. It stops when K hypotheses are closed and no live
-beam can still beat the worst of them (an exact bound, not a heuristic, for
-length_penalty > 0), or at `max_new_tokens`, where live beams are closed as they are.
-`answer_beams` returns the `num_return_sequences` best texts, best first (the Ego4D LTA
-protocol: 5 beams, 5 returned sequences). Everything runs at batch size 1 (one clip).
+Decoding runs in the inference engine (`streammind.engine`), one shared per model: greedy
+(`Engine.generate`) stops at EOS or after `max_new_tokens` tokens; beam search
+(`Engine.beam_search`, rules in `streammind.engine.beam_search`) ranks the 2K best
+continuations of K live beams at every step, an EOS among the first K closing a hypothesis
+scored sum(log p) / length ** length_penalty. `answer_beams` returns the
+`num_return_sequences` best texts, best first (the Ego4D LTA protocol: 5 beams, 5 returned
+sequences). Everything runs at batch size 1 (one clip).
 
 Text matching shared by COIN and Ego4D LTA: `levenshtein` (unit-cost edit distance of two
 sequences) and `NearestMatcher` (the Levenshtein-nearest entry of a fixed list of strings,
@@ -52,17 +49,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import DynamicCache
 
 from eval.common import EvalFailure, Task, apply_limit, build_parser, load_model_from_args, run_task
 from streammind.datasets.video import VideoDecodeError, probe_video, read_video
+from streammind.engine import Engine
 
 logger = logging.getLogger(__name__)
 
@@ -224,120 +220,6 @@ def encode_prompt(model, processor, frames_or_pixel_values, question: str) -> to
     return model.merge_video_tokens(ids, video_tokens)  # count-checked scatter
 
 
-def _step(language_model, embeds: torch.Tensor, cache: DynamicCache, offset: int) -> torch.Tensor:
-    """Feed embeds [B, L, D] at positions offset.. with the cache; log-probs of the last position [B, V]."""
-    B, L = embeds.shape[:2]
-    position_ids = torch.arange(offset, offset + L, device=embeds.device).expand(B, L)
-    out = language_model(inputs_embeds=embeds, position_ids=position_ids, cache=cache, use_cache=True, logits_to_keep=1)
-    return torch.log_softmax(out.logits[:, -1].float(), dim=-1)
-
-
-@torch.inference_mode()
-def greedy_decode(language_model, embeds: torch.Tensor, *, eos_token_id: int, max_new_tokens: int) -> list[int]:
-    """Greedy ids after the prompt embeds [1, S, D], EOS excluded."""
-    cache = DynamicCache(config=language_model.config)
-    logp = _step(language_model, embeds, cache, 0)  # [1, V]
-    embed = language_model.get_input_embeddings()
-    length, generated = embeds.shape[1], []
-    while len(generated) < max_new_tokens:
-        next_id = int(logp[0].argmax())
-        if next_id == eos_token_id:
-            break
-        generated.append(next_id)
-        logp = _step(language_model, embed(torch.tensor([[next_id]], device=embeds.device)), cache, length)
-        length += 1
-    return generated
-
-
-@dataclass
-class Hypothesis:
-    """A beam-search result: generated ids (EOS excluded), summed log-prob (EOS included when
-    `finished`), the length-normalised score, and whether it ended with EOS (else at the cap)."""
-
-    ids: list[int]
-    logprob: float
-    score: float
-    finished: bool
-
-
-@torch.inference_mode()
-def beam_search(
-    language_model,
-    embeds: torch.Tensor,
-    *,
-    eos_token_id: int,
-    max_new_tokens: int,
-    num_beams: int,
-    num_return_sequences: int | None = None,
-    length_penalty: float = 1.0,
-) -> list[Hypothesis]:
-    """Beam search after the prompt embeds [1, S, D] (rules in the module docstring).
-
-    Returns:
-        The `num_return_sequences` (default `num_beams`) best hypotheses, best first.
-    """
-    K = num_beams
-    n_return = K if num_return_sequences is None else num_return_sequences
-    if K < 1 or not 1 <= n_return <= K:
-        raise ValueError(f"need num_beams >= 1 and 1 <= num_return_sequences <= num_beams, got {K} and {n_return}")
-    device = embeds.device
-    cache = DynamicCache(config=language_model.config)
-    logp = _step(language_model, embeds, cache, 0)  # [1, V]
-    cache.batch_repeat_interleave(K)
-    logp = logp.expand(K, -1)  # [K, V]
-    # Only the first beam is live at the start, so the K beams do not all repeat one token.
-    scores = torch.full((K,), -math.inf, device=device)
-    scores[0] = 0.0
-    beams: list[list[int]] = [[] for _ in range(K)]
-    finished: list[Hypothesis] = []
-    embed = language_model.get_input_embeddings()
-    length = embeds.shape[1]
-
-    def normalise(logprob: float, n: int) -> float:
-        return logprob / (max(n, 1) ** length_penalty)
-
-    still_open: list[tuple[list[int], float]] = []  # live beams closed unfinished at the length cap
-    for step in range(max_new_tokens):
-        candidates = (scores[:, None] + logp).view(-1)  # [K * V]
-        top_scores, top_index = candidates.topk(min(2 * K, candidates.numel()))
-        live: list[tuple[float, int, int]] = []  # (score, beam, token), best first
-        for rank, (score, index) in enumerate(zip(top_scores.tolist(), top_index.tolist())):
-            if score == -math.inf:
-                break
-            beam, token = divmod(index, logp.shape[1])
-            if token == eos_token_id:
-                if rank < K:
-                    finished.append(Hypothesis(beams[beam], score, normalise(score, len(beams[beam]) + 1), True))
-                continue
-            live.append((score, beam, token))
-            if len(live) == K:
-                break
-        finished.sort(key=lambda h: h.score, reverse=True)
-        del finished[K:]
-        if not live:
-            break
-        if len(finished) == K:
-            # Log-probs only fall, so a live beam ends at best with its current sum spread
-            # over the longest allowed length (length_penalty > 0) or its current one (<= 0).
-            bound_length = max_new_tokens if length_penalty > 0 else step + 1
-            if normalise(live[0][0], bound_length) <= finished[-1].score:
-                break
-        while len(live) < K:  # dead copies keep the batch at K rows
-            live.append((-math.inf, live[0][1], live[0][2]))
-        beams = [beams[b] + [t] for _, b, t in live]
-        scores = torch.tensor([s for s, _, _ in live], device=device)
-        if step == max_new_tokens - 1:
-            still_open = [(ids, s) for ids, (s, _, _) in zip(beams, live) if s > -math.inf]
-            break
-        cache.reorder_cache(torch.tensor([b for _, b, _ in live], device=device))
-        tokens = torch.tensor([[t] for _, _, t in live], device=device)  # [K, 1]
-        logp = _step(language_model, embed(tokens), cache, length)  # [K, V]
-        length += 1
-    finished += [Hypothesis(ids, s, normalise(s, len(ids)), False) for ids, s in still_open]
-    finished.sort(key=lambda h: h.score, reverse=True)
-    return finished[:n_return]
-
-
 def answer(
     model,
     processor,
@@ -365,8 +247,7 @@ def answer(
         return answer_beams(model, processor, frames_or_pixel_values, question, max_new_tokens=max_new_tokens,
                             num_beams=num_beams, num_return_sequences=1, length_penalty=length_penalty)[0]
     embeds = encode_prompt(model, processor, frames_or_pixel_values, question)
-    ids = greedy_decode(model.language_model, embeds, eos_token_id=processor.eos_token_id, max_new_tokens=max_new_tokens)
-    return processor.decode(ids)
+    return processor.decode(Engine.for_model(model, processor).generate(embeds, max_new_tokens))
 
 
 def answer_beams(
@@ -382,8 +263,8 @@ def answer_beams(
 ) -> list[str]:
     """Like `answer`, with beam search: the `num_return_sequences` best texts, best first."""
     embeds = encode_prompt(model, processor, frames_or_pixel_values, question)
-    hypotheses = beam_search(model.language_model, embeds, eos_token_id=processor.eos_token_id, max_new_tokens=max_new_tokens,
-                             num_beams=num_beams, num_return_sequences=num_return_sequences, length_penalty=length_penalty)
+    hypotheses = Engine.for_model(model, processor).beam_search(embeds, max_new_tokens=max_new_tokens, num_beams=num_beams,
+                                                                num_return_sequences=num_return_sequences, length_penalty=length_penalty)
     return [processor.decode(h.ids) for h in hypotheses]
 
 
@@ -623,18 +504,15 @@ def evaluate(task: OfflineTask, model, processor, args: argparse.Namespace) -> d
 __all__ = [
     "DEFAULT_NUM_FRAMES",
     "Frames",
-    "Hypothesis",
     "NearestMatcher",
     "OfflineTask",
     "SavedPredictions",
     "answer",
     "answer_beams",
-    "beam_search",
     "build_offline_parser",
     "encode_prompt",
     "evaluate",
     "find_video",
-    "greedy_decode",
     "levenshtein",
     "load_frames",
     "load_saved_predictions",

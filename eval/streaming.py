@@ -29,28 +29,39 @@ from eval.plots import plot_timeline
 from eval.score import score_predictions, write_markdown_table
 from streammind.datasets.annotations import StreamAnnotation
 from streammind.datasets.video import VideoDecodeError, iter_frames
-from streammind.streaming import StreamingSession
+from streammind.streaming import StreamingSession, push_clip_chunks
 
 logger = logging.getLogger(__name__)
 
 
+def _window(frames, start: float | None, end: float | None):
+    """The (time, frame) pairs of [start, end)."""
+    for t, frame in frames:
+        if start is not None and t < start:
+            continue
+        if end is not None and t >= end:
+            break
+        yield float(t), frame
+
+
 def stream_record(session: StreamingSession, record: StreamAnnotation, data_root: Path, fps: float, on_reply=None) -> dict:
-    """Run one video through the session; returns its prediction record."""
+    """Run one video through the session; returns its prediction record.
+
+    The whole video is known ahead, so the session takes it a chunk of frames at a time
+    (`StreamingSession.push_clip`: the results of frame-by-frame streaming, several times faster).
+    """
     session.reset(query=record.query)
     replies, error = [], None
     frames = iter_frames(data_root / record.video, fps=fps)
+
+    def collect(reply) -> None:
+        item = {"time": reply.time, "text": reply.text, "prob": round(reply.prob, 6)}
+        replies.append(item)
+        if on_reply is not None:
+            on_reply(item)
+
     try:
-        for t, frame in frames:
-            if record.start is not None and t < record.start:
-                continue
-            if record.end is not None and t >= record.end:
-                break
-            reply = session.push(frame, float(t))
-            if reply is not None:
-                item = {"time": reply.time, "text": reply.text, "prob": round(reply.prob, 6)}
-                replies.append(item)
-                if on_reply is not None:
-                    on_reply(item)
+        push_clip_chunks(session, _window(frames, record.start, record.end), on_reply=collect)
     except VideoDecodeError as e:
         error = str(e)
         logger.warning("video %s failed: %s", record.video, e)

@@ -10,9 +10,10 @@ Query mode (default): a gate *segment* is the prompt (BOS, system prompt, user q
 followed by one perception token per frame, attended causally; the decision for frame t is
 the head's output at t's position. A segment starts at the beginning of the stream, after
 each response (the turn's cache is reset to the prompt), and every `window` frames within a
-long turn (bounded cost; the EPFE's recurrent state still carries the longer history). The
-streaming runtime steps through a segment with a KV cache; training runs all segments of a
-batch in parallel as padded sequences, which gives the same logits (tested).
+long turn (bounded cost; the EPFE's recurrent state still carries the longer history).
+Training runs all segments of a batch in parallel as padded sequences; streaming steps
+through a segment with a static KV cache in the inference engine (streammind/engine.py),
+which gives the same logits (tested).
 
 Per-frame mode (the released code's variant A, for ablation): every frame is its own
 segment with no prompt, so the gate is a deep per-token classifier.
@@ -22,13 +23,12 @@ Reference: SPEC §3 (Cognition Gate), reference/original-code.md §1.4.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import DynamicCache, MistralModel, PreTrainedConfig
+from transformers import MistralModel, PreTrainedConfig
 
 SILENT, RESPOND = 0, 1
 
@@ -131,39 +131,6 @@ class CognitionGate(nn.Module):
             out[s.batch_index, s.start : s.end] = logits[i, max_prompt : max_prompt + s.end - s.start]
         return out
 
-    # ---- streaming ------------------------------------------------------------------------
-
-    def prefill(self, prompt_ids: torch.Tensor) -> GateCache:
-        """Run the prompt once; `GateCache.reset_turn` returns to this state after each response."""
-        cache = DynamicCache(config=self.decoder.config)
-        if prompt_ids.numel():
-            self.decoder(inputs_embeds=self.embed(prompt_ids.view(1, -1)), cache=cache, use_cache=True)
-        return GateCache(prompt_cache=cache, prompt_length=prompt_ids.numel())
-
-    def step(self, token: torch.Tensor, cache: GateCache) -> torch.Tensor:
-        """One frame: token [B, D] (B = 1) -> logits [B, 2]; advances the cache."""
-        if self.per_frame or cache.frames == self.window:
-            cache.reset_turn()
-        position = torch.tensor([[cache.prompt_length + cache.frames]], device=token.device)
-        h = self.decoder(inputs_embeds=token[:, None], position_ids=position, cache=cache.turn_cache, use_cache=True).last_hidden_state
-        cache.frames += 1
-        return self.head(h[:, -1])
-
-
-class GateCache:
-    """The gate's streaming state: the prompt's KV cache, and the current turn's on top of it."""
-
-    def __init__(self, prompt_cache: DynamicCache, prompt_length: int):
-        self.prompt_cache = prompt_cache
-        self.prompt_length = prompt_length
-        self.turn_cache = copy.deepcopy(prompt_cache)
-        self.frames = 0
-
-    def reset_turn(self) -> None:
-        """Forget the turn's frames, keep the prompt (after a response, or a full window)."""
-        self.turn_cache = copy.deepcopy(self.prompt_cache)
-        self.frames = 0
-
 
 def gate_loss(logits: torch.Tensor, labels: torch.Tensor, class_weights: list[float], kind: str = "ce", gamma: float = 2.0) -> torch.Tensor:
     """Class-weighted cross-entropy (or focal loss) over per-frame labels.
@@ -187,4 +154,4 @@ def gate_loss(logits: torch.Tensor, labels: torch.Tensor, class_weights: list[fl
     return -(w * (1 - logp.exp()).pow(gamma) * logp).sum() / w.sum().clamp(min=1e-12)
 
 
-__all__ = ["CognitionGate", "GateCache", "gate_loss", "segment_starts", "SILENT", "RESPOND"]
+__all__ = ["CognitionGate", "gate_loss", "segment_starts", "SILENT", "RESPOND"]

@@ -112,9 +112,9 @@ class StreamMindProcessor:
 
     # ---- frames ---------------------------------------------------------------------------
 
-    def preprocess_frames(self, frames) -> torch.Tensor:
-        """uint8 RGB frames [N, H, W, 3] -> pixel values [N, 3, S, S]."""
-        return self.frame_processor(frames)
+    def preprocess_frames(self, frames, device: torch.device | str | None = None) -> torch.Tensor:
+        """uint8 RGB frames [N, H, W, 3] -> pixel values [N, 3, S, S] (computed on `device`, see `FrameProcessor`)."""
+        return self.frame_processor(frames, device)
 
     def placeholders_for(self, num_frames: int) -> int:
         """How many perception tokens of an n-frame turn reach the LLM (memory bound, then sampling)."""

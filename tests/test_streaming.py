@@ -31,10 +31,9 @@ def parallel_reference(model, processor, frames, respond=None):
 
 
 def stream(session, frames, fps=2.0):
-    replies, tokens = [], []
+    replies = []
     for i, frame in enumerate(frames):
         reply = session.push(frame, i / fps)
-        tokens.append(session.memory[-1][1][0] if session.memory else None)
         if reply is not None:
             replies.append(reply)
     return replies
@@ -48,8 +47,8 @@ def test_streaming_equals_parallel_when_silent(tiny):
     tokens, probs = parallel_reference(model, processor, frames)
     streamed = torch.tensor(session.stats.probs)
     assert (streamed - probs).abs().max() <= 1e-5
-    # The newest memory token equals the parallel token of the last frame.
-    assert (session.memory[-1][1][0] - tokens[-1]).abs().max() <= 1e-5
+    # The turn memory holds the parallel path's tokens of every frame so far (no reply yet).
+    assert (session.turn_tokens() - tokens).abs().max() <= 1e-5
 
 
 def test_streaming_equals_parallel_with_responses_and_window(tiny_tokenizer):
@@ -77,9 +76,10 @@ def test_reset_clears_all_state(tiny):
     first = stream(session, frames)
     assert session.llm_length > 0 and session.stats.frames == 6
     session.reset()
-    assert session.llm_length == 0 and session.llm_cache is None and not session.memory and not session.turns
-    assert session.stats.frames == 0 and session.gate_cache.frames == 0
-    assert float(session.perception_state.ssm_state.abs().sum()) == 0.0
+    assert session.llm_length == 0 and session.turn_tokens().shape[0] == 0 and not session.turns
+    assert session.stats.frames == 0 and session.gate_frames == 0
+    state = session.engine.perception_state
+    assert float(state.ssm_state[session.slot].abs().sum()) == 0.0 and float(state.conv_state[session.slot].abs().sum()) == 0.0
     again = stream(session, frames)
     assert [(r.time, r.text) for r in again] == [(r.time, r.text) for r in first]
 
@@ -94,7 +94,8 @@ def test_llm_cache_matches_a_full_prefill(tiny):
     # Rebuild the conversation from the recorded turns in one pass.
     embeds = []
     for j, turn in enumerate(session.turns):
-        embeds.append(session._turn_embeddings(turn.user, turn.video_tokens, first=j == 0))
+        ids = processor.encode_turn_prefix(turn.user, turn.video_tokens.shape[0], first=j == 0)
+        embeds.append(model.merge_video_tokens(torch.tensor([ids]), turn.video_tokens))
         embeds.append(model.language_model.get_input_embeddings()(torch.tensor([turn.reply_ids])))
     full = torch.cat(embeds, dim=1)
     assert full.shape[1] == session.llm_length

@@ -10,21 +10,19 @@ import math
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from eval.common import EvalFailure
 from eval.offline import (
     NearestMatcher,
     answer,
     answer_beams,
-    beam_search,
     encode_prompt,
     find_video,
-    greedy_decode,
     levenshtein,
     load_frames,
     uniform_times,
 )
+from streammind.engine import Engine, beam_search
 from tests.eval.offline_support import world_video
 
 # ---- frames ----------------------------------------------------------------------------
@@ -117,26 +115,15 @@ def test_nearest_matcher_ties_go_to_the_smallest_string():
 # ---- decoding --------------------------------------------------------------------------
 
 
-class MarkovLM(nn.Module):
-    """A fake causal LM whose next-token log-probs depend only on the last token (one-hot embeddings)."""
+class MarkovLM:
+    """A fake LM whose next-token log-probs depend only on the last token."""
 
     def __init__(self, table: torch.Tensor):
-        super().__init__()
-        from transformers import MistralConfig
-
-        V = table.shape[0]
-        self.config = MistralConfig(vocab_size=V, hidden_size=V, num_hidden_layers=1, num_attention_heads=1,
-                                    num_key_value_heads=1, intermediate_size=4)
-        self.embed = nn.Embedding(V, V)
-        self.embed.weight.data = torch.eye(V)
         self.table = table.log_softmax(-1)
 
-    def get_input_embeddings(self):
-        return self.embed
-
-    def forward(self, inputs_embeds, position_ids, cache, use_cache, logits_to_keep):
-        last = inputs_embeds[:, -1].argmax(-1)  # [B]
-        return type("Out", (), {"logits": self.table[last][:, None]})()
+    def search(self, start: int, **kwargs):
+        """`beam_search` from token `start`: each row's next log-probs are the table row of its new token."""
+        return beam_search(self.table[start], lambda order, tokens: self.table[tokens], **kwargs)
 
 
 def _all_hypotheses(lm, start, eos, max_new_tokens, length_penalty):
@@ -162,9 +149,7 @@ def test_beam_search_with_enough_beams_is_exhaustive(length_penalty):
     torch.manual_seed(0)
     V, eos, start, cap = 4, 3, 0, 3
     lm = MarkovLM(torch.randn(V, V) * 2)
-    prompt = lm.embed(torch.tensor([[start]]))
-    hyps = beam_search(lm, prompt, eos_token_id=eos, max_new_tokens=cap, num_beams=36, num_return_sequences=5,
-                       length_penalty=length_penalty)
+    hyps = lm.search(start, eos_token_id=eos, max_new_tokens=cap, num_beams=36, num_return_sequences=5, length_penalty=length_penalty)
     expected = _all_hypotheses(lm, start, eos, cap, length_penalty)[:5]
     assert [(h.ids, h.finished) for h in hyps] == [(ids, fin) for _, ids, fin in expected]
     for h, (score, _, _) in zip(hyps, expected):
@@ -176,11 +161,11 @@ def test_beam_search_stops_early_and_closes_at_the_cap():
     table = torch.full((3, 3), -5.0)
     table[:, 1] = 5.0
     lm = MarkovLM(table)
-    hyps = beam_search(lm, lm.embed(torch.tensor([[0]])), eos_token_id=1, max_new_tokens=50, num_beams=2)
+    hyps = lm.search(0, eos_token_id=1, max_new_tokens=50, num_beams=2)
     assert hyps[0].ids == [] and hyps[0].finished
     # EOS never likely: hypotheses close unfinished at the cap.
     lm = MarkovLM(-table)
-    hyps = beam_search(lm, lm.embed(torch.tensor([[0]])), eos_token_id=1, max_new_tokens=4, num_beams=2)
+    hyps = lm.search(0, eos_token_id=1, max_new_tokens=4, num_beams=2)
     assert all(len(h.ids) == 4 and not h.finished for h in hyps)
 
 
@@ -190,7 +175,7 @@ def test_beam_search_cache_matches_a_fresh_forward(tiny):
     frames = np.random.default_rng(0).integers(0, 255, (6, 40, 50, 3), dtype=np.uint8)
     embeds = encode_prompt(model, processor, frames, "What happens?")
     lm = model.language_model
-    hyps = beam_search(lm, embeds, eos_token_id=processor.eos_token_id, max_new_tokens=5, num_beams=3)
+    hyps = Engine(model, processor).beam_search(embeds, max_new_tokens=5, num_beams=3)
     assert len(hyps) == 3 and len({tuple(h.ids) for h in hyps}) == 3
     assert [h.score for h in hyps] == sorted((h.score for h in hyps), reverse=True)
     with torch.inference_mode():
@@ -203,12 +188,12 @@ def test_beam_search_cache_matches_a_fresh_forward(tiny):
             assert math.isclose(h.logprob, expected, rel_tol=1e-4, abs_tol=1e-4)
 
 
-def test_greedy_decode_matches_argmax_without_cache(tiny):
+def test_engine_greedy_matches_argmax_without_cache(tiny):
     model, processor = tiny
     frames = np.random.default_rng(1).integers(0, 255, (4, 32, 32, 3), dtype=np.uint8)
     embeds = encode_prompt(model, processor, frames, "Describe it.")
     lm = model.language_model
-    ids = greedy_decode(lm, embeds, eos_token_id=processor.eos_token_id, max_new_tokens=6)
+    ids = Engine(model, processor).generate(embeds, max_new_tokens=6)
     with torch.inference_mode():
         expected, current = [], embeds
         for _ in range(6):
