@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import math
 import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -327,9 +327,9 @@ class Engine:
                 out.append(self._replay_always_on(part, kind, inputs[start : start + len(part)]))
             return np.concatenate(out)
 
-    def _replay_always_on(self, slots: list[int], kind: str, inputs: torch.Tensor) -> np.ndarray:
+    def _replay_always_on(self, slots: list[int], kind: str, inputs: torch.Tensor, size: int | None = None) -> np.ndarray:
         b = len(slots)
-        size = next(s for s in self.batch_sizes if s >= b)
+        size = size or next(s for s in self.batch_sizes if s >= b)
         key = ("always_on", kind, size)
         if key not in self._graphs:
             buffers = {"rows": torch.full((size,), self.scratch, dtype=torch.long, device=self.device),
@@ -342,6 +342,26 @@ class Engine:
         buffers["rows"].copy_(rows)
         buffers[kind][:b].copy_(inputs)
         return self._graphs[key]()[:b].cpu().numpy()
+
+    @torch.inference_mode()
+    def capture(self, batch_sizes: Sequence[int] | None = None, inputs: str = "pixels", decode: bool = True) -> None:
+        """Capture the CUDA graphs now rather than at first use (a no-op without graphs).
+
+        Args:
+            batch_sizes: per-frame batch sizes to capture (default: all of `batch_sizes`).
+            inputs: "pixels" (frames) or "features" (pooled vision features).
+            decode: also the LLM's one-token decode step (allocates the LLM context).
+        """
+        if not self.cuda_graphs:
+            return
+        S = self.config.vision_config.image_size
+        shape = (3, S, S) if inputs == "pixels" else (self.config.vision_dim,)
+        with sdpa_kernel(_SDPA_BACKENDS):
+            for size in batch_sizes or self.batch_sizes:
+                self._replay_always_on([], inputs, torch.zeros(0, *shape, device=self.device), size=size)
+        if decode and self._llm_static:
+            self._hold_llm(Conversation())
+            self._decode_graph()
 
     # ---- the gate over a chunk (file mode, queries joining) -------------------------------
 
@@ -432,28 +452,21 @@ class Engine:
 
     @torch.inference_mode()
     def respond(self, slot: int, max_new_tokens: int | None = None) -> str:
-        """Reply now: the turn's sampled tokens join the stream's conversation, the LLM decodes.
+        """Reply now and to the end: `start_reply` and decode it whole; returns the text."""
+        task = self.start_reply(slot, max_new_tokens)
+        task.advance()
+        return task.text
 
-        Then the turn memory is cleared and the gate's turn restarts from its prompt.
+    @torch.inference_mode()
+    def start_reply(self, slot: int, max_new_tokens: int | None = None, on_token: Callable[[int], None] | None = None) -> ReplyTask:
+        """Start a reply: the turn's sampled tokens join the stream's conversation (one prefill).
+
+        Returns once the first token is known (the fire -> first-token latency); the stream's
+        turn memory is cleared and its gate turn restarts right away, so its next frames can
+        run while `ReplyTask.advance` decodes the rest, a few tokens at a time if the caller
+        interleaves replies with other streams' frames.
         """
-        conv = self._conversation(slot)
-        cap = self.config.max_reply_tokens if max_new_tokens is None else max_new_tokens
-        self._hold_llm(conv)
-        video_tokens = select_tokens(self.turn_tokens(slot), self.config.sampling, self.config.sampling_ratio)  # [k, D]
-        user = conv.pending_user if conv.llm_length else (conv.pending_user or conv.query)
-        prefix = self._turn_embeddings(user, video_tokens, first=conv.llm_length == 0)
-        if conv.llm_length + prefix.shape[1] + cap + 1 > self.config.max_context_tokens:
-            self._rebuild_context(conv, self.config.max_context_tokens // 2)
-            if conv.llm_length == 0:
-                user = user or conv.query
-            prefix = self._turn_embeddings(user, video_tokens, first=conv.llm_length == 0)
-        logits = self._llm_extend(conv, prefix)
-        generated = self._greedy(conv, logits, cap)
-        conv.turns.append(Turn(user=user, video_tokens=video_tokens, reply_ids=generated + [self.processor.eos_token_id]))
-        conv.pending_user = None
-        self.memory_count[slot] = 0
-        self.turn_frames[slot] = 0
-        return self.processor.decode(generated)
+        return ReplyTask(self, slot, self.config.max_reply_tokens if max_new_tokens is None else max_new_tokens, on_token)
 
     def _rebuild_context(self, conv: Conversation, budget: int) -> None:
         """Evict the oldest turns until the kept ones fit `budget` tokens, and prefill them again."""
@@ -472,17 +485,6 @@ class Engine:
             user = turn.user if j > 0 else (turn.user or conv.query)
             self._llm_extend(conv, self._turn_embeddings(user, turn.video_tokens, first=j == 0))
             self._llm_extend(conv, self._embed_ids(turn.reply_ids))
-
-    def _greedy(self, conv: Conversation, logits: torch.Tensor, cap: int) -> list[int]:
-        """Greedy ids after `logits` [V] (EOS excluded); EOS closes the turn in the context."""
-        eos = self.processor.eos_token_id
-        generated: list[int] = []
-        next_id = int(logits.argmax())
-        while next_id != eos and len(generated) < cap:
-            generated.append(next_id)
-            next_id = self._llm_decode(conv, next_id)
-        self._llm_decode(conv, eos)  # close the turn with EOS, as training sequences end a reply
-        return generated
 
     # ---- the LLM context ------------------------------------------------------------------
 
@@ -541,8 +543,18 @@ class Engine:
         """Feed one token to the held conversation; returns the greedy next id."""
         if not (self._llm_static and self.cuda_graphs):
             return int(self._llm_extend(conv, self._embed_ids([token_id])).argmax())
+        graph, buffers = self._decode_graph()
+        buffers["token"].fill_(token_id)
+        buffers["position"].fill_(conv.llm_length)
+        next_id = int(graph())
+        conv.llm_length += 1
+        return next_id
+
+    def _decode_graph(self) -> tuple[_Graph, dict[str, torch.Tensor]]:
+        """The LLM's one-token greedy step on the context, as a graph (captured on first use)."""
         key = ("decode",)
         if key not in self._graphs:
+            # The warm-up writes at the last position, past any conversation's length.
             buffers = {"token": torch.zeros(1, 1, dtype=torch.long, device=self.device),
                        "position": torch.full((1, 1), self._llm_kv.length - 1, dtype=torch.long, device=self.device)}
             self._buffers[key] = buffers
@@ -555,12 +567,7 @@ class Engine:
                 return lm.get_output_embeddings()(h[:, -1]).argmax(-1)  # [1]
 
             self._graphs[key] = _Graph(decode_step, self._pool)
-        buffers = self._buffers[key]
-        buffers["token"].fill_(token_id)
-        buffers["position"].fill_(conv.llm_length)
-        next_id = int(self._graphs[key]())
-        conv.llm_length += 1
-        return next_id
+        return self._graphs[key], self._buffers[key]
 
     # ---- one-shot generation (offline questions) -----------------------------------------
 
@@ -653,6 +660,59 @@ class Engine:
         kv_heads = getattr(lm, "num_key_value_heads", lm.num_attention_heads)
         out["llm_context_max"] = 2 * lm.num_hidden_layers * kv_heads * head_dim * self.config.max_context_tokens * torch.finfo(self.dtype).bits // 8
         return out
+
+
+class ReplyTask:
+    """A reply being decoded for one stream (made by `Engine.start_reply`).
+
+    The constructor samples the turn memory, opens the turn in the conversation (a rebuild
+    first when the context would overflow), prefills it and picks the first token; `advance`
+    decodes on, greedily, to EOS or the length cap, then closes the turn with EOS in the
+    context (as training sequences end a reply). `text` is the reply once `done`.
+    """
+
+    def __init__(self, engine: Engine, slot: int, cap: int, on_token: Callable[[int], None] | None = None):
+        self.engine, self.slot, self.cap, self.on_token = engine, slot, cap, on_token
+        self.conv = conv = engine.conversation(slot)
+        config = engine.config
+        engine._hold_llm(conv)
+        video_tokens = select_tokens(engine.turn_tokens(slot), config.sampling, config.sampling_ratio)  # [k, D]
+        user = conv.pending_user if conv.llm_length else (conv.pending_user or conv.query)
+        prefix = engine._turn_embeddings(user, video_tokens, first=conv.llm_length == 0)
+        if conv.llm_length + prefix.shape[1] + cap + 1 > config.max_context_tokens:
+            engine._rebuild_context(conv, config.max_context_tokens // 2)
+            if conv.llm_length == 0:
+                user = user or conv.query
+            prefix = engine._turn_embeddings(user, video_tokens, first=conv.llm_length == 0)
+        self.turn = Turn(user=user, video_tokens=video_tokens, reply_ids=[])
+        conv.pending_user = None
+        engine.memory_count[slot] = 0
+        engine.turn_frames[slot] = 0
+        self.next_id = int(engine._llm_extend(conv, prefix).argmax())
+        self.generated: list[int] = []
+        self.done = False
+        self.text: str | None = None
+
+    @torch.inference_mode()
+    def advance(self, max_tokens: int | None = None) -> bool:
+        """Decode up to `max_tokens` more tokens (all that remain by default); returns `done`."""
+        engine, conv, eos = self.engine, self.conv, self.engine.processor.eos_token_id
+        engine._hold_llm(conv)
+        steps = 0
+        while not self.done and (max_tokens is None or steps < max_tokens):
+            if self.next_id == eos or len(self.generated) >= self.cap:
+                engine._llm_decode(conv, eos)  # close the turn with EOS in the context
+                self.turn.reply_ids = self.generated + [eos]
+                conv.turns.append(self.turn)
+                self.text = engine.processor.decode(self.generated)
+                self.done = True
+                break
+            self.generated.append(self.next_id)
+            if self.on_token is not None:
+                self.on_token(self.next_id)
+            self.next_id = engine._llm_decode(conv, self.next_id)
+            steps += 1
+        return self.done
 
 
 _SHARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -752,16 +812,4 @@ def beam_search(
     return finished[:n_return]
 
 
-def iter_chunks(items: Iterable, size: int):
-    """Consecutive lists of up to `size` items."""
-    chunk = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
-__all__ = ["ClipResult", "Conversation", "Engine", "Hypothesis", "Turn", "beam_search", "iter_chunks"]
+__all__ = ["ClipResult", "Conversation", "Engine", "Hypothesis", "ReplyTask", "Turn", "beam_search"]
