@@ -28,6 +28,8 @@ along it and the process / CUDA memory at the start and the end (is it flat?).
 
     streammind bench step --preset tiny --frames 7200 --out docs/benchmarks/stream_1h_tiny_cpu
 
+`profile`: torch.profiler tables of always-on frames and decode steps, eager and with graphs.
+
 `parity`: the EPFE's reference scan against the optional mamba-ssm kernels (when installed)
 on random inputs, forward and backward; prints the max differences.
 """
@@ -499,6 +501,43 @@ def bench_step(args) -> dict:
     }
 
 
+def bench_profile(args) -> dict:
+    """Where the time of one always-on frame and of one decode step goes: CUDA kernel time by op (eager)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from .engine import Engine
+
+    dtype = getattr(torch, args.dtype)
+    model, processor = _build(args.preset, args.device, dtype)
+    device = torch.device(args.device)
+    frames = _frames(4, args.height, args.width)
+    tables = {}
+    for graphs in (False, True) if device.type == "cuda" else (False,):
+        engine = Engine(model, processor, cuda_graphs=graphs)
+        slot = engine.open_stream(QUERY)
+        for i in range(20):
+            engine.step([slot], frames[i % 4])
+        engine.push_clip(slot, frames[:4], threshold=1.0)
+        task = engine.start_reply(slot, max_new_tokens=8)
+        task.advance()
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with profile(activities=activities) as prof:
+            for i in range(args.steps):
+                engine.step([slot], frames[i % 4])
+            _sync(device)
+        sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+        tables[f"always_on_{'graphs' if graphs else 'eager'}"] = prof.key_averages().table(sort_by=sort, row_limit=args.rows)
+        engine.push_clip(slot, frames[:4], threshold=1.0)
+        task = engine.start_reply(slot, max_new_tokens=args.steps)
+        with profile(activities=activities) as prof:
+            task.advance()
+            _sync(device)
+        tables[f"decode_{'graphs' if graphs else 'eager'}"] = prof.key_averages().table(sort_by=sort, row_limit=args.rows)
+    for name, table in tables.items():
+        print(f"==== {name} ({args.steps} steps)\n{table}")
+    return {"what": "profile", "preset": args.preset, "device": args.device, "dtype": args.dtype, "steps": args.steps, "tables": tables}
+
+
 def bench_parity(args) -> dict:
     ss = importlib.import_module("streammind.ops.selective_scan")  # the module, not the re-exported function
 
@@ -612,6 +651,15 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--realtime-candidates", type=int, nargs="+", default=[16, 32, 48, 64, 96, 128],
                            help="stream counts tried in the 30 fps real-time simulation")
             p.add_argument("--quick", action="store_true", help="small sizes everywhere (seconds on a CPU; checks the machinery)")
+    prof = sub.add_parser("profile", help="where the time of an always-on frame and a decode step goes (torch.profiler)")
+    prof.add_argument("--preset", default="streammind-7b" if default_device == "cuda" else "tiny")
+    prof.add_argument("--device", default=default_device)
+    prof.add_argument("--dtype", default="bfloat16" if default_device == "cuda" else "float32", choices=["float32", "bfloat16", "float16"])
+    prof.add_argument("--steps", type=int, default=20)
+    prof.add_argument("--rows", type=int, default=25)
+    prof.add_argument("--height", type=int, default=360)
+    prof.add_argument("--width", type=int, default=640)
+    prof.add_argument("--out", default=None)
     parity_parser = sub.add_parser("parity", help="reference scan vs mamba-ssm kernels")
     parity_parser.add_argument("--out", default=None)
     return parser
@@ -629,6 +677,12 @@ def main(argv: list[str] | None = None) -> int:
         result, markdown = bench_all(args), markdown_all
     elif args.what == "step":
         result, markdown = bench_step(args), markdown_step
+    elif args.what == "profile":
+        result = bench_profile(args)
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).with_suffix(".txt").write_text("\n\n".join(f"==== {k}\n{v}" for k, v in result["tables"].items()))
+        return 0
     else:
         result, markdown = bench_parity(args), None
     text = json.dumps(result, indent=2)
