@@ -107,12 +107,12 @@ def _frames(n: int, height: int, width: int, seed: int = 0) -> np.ndarray:
 # ---- a. one live stream, file mode ---------------------------------------------------------------
 
 
-def live_stream(model, processor, frames: np.ndarray, n: int, windows=((0, 100), (100, 600), (600, None))) -> dict:
+def live_stream(model, processor, frames: np.ndarray, n: int, windows=((0, 100), (100, 600), (600, None)), **options) -> dict:
     """Per-frame latency of a fresh stream over n frames (engine graphs captured beforehand)."""
     from .engine import Engine
     from .streaming import StreamingSession
 
-    engine = Engine(model, processor)
+    engine = Engine(model, processor, **options)
     engine.capture(decode=False)
     session = StreamingSession(model, processor, query=QUERY, threshold=1.0, record_probs=False, engine=engine)
     ms = np.zeros(n)
@@ -132,12 +132,12 @@ def live_stream(model, processor, frames: np.ndarray, n: int, windows=((0, 100),
             "turn_memory_end": int(session.turn_tokens().shape[0])}
 
 
-def file_mode(model, processor, frames: np.ndarray, n: int, chunk: int) -> dict:
+def file_mode(model, processor, frames: np.ndarray, n: int, chunk: int, **options) -> dict:
     """Frames/s of one stream taken `chunk` frames at a time (frames already decoded in memory)."""
     from .engine import Engine
     from .streaming import StreamingSession
 
-    session = StreamingSession(model, processor, query=QUERY, threshold=1.0, record_probs=False, engine=Engine(model, processor, chunk_size=chunk))
+    session = StreamingSession(model, processor, query=QUERY, threshold=1.0, record_probs=False, engine=Engine(model, processor, chunk_size=chunk, **options))
     clip = np.stack([frames[i % len(frames)] for i in range(chunk)])
     session.push_clip(clip, np.arange(chunk) / 2.0)  # warm-up
     device = session.engine.device
@@ -155,11 +155,11 @@ def file_mode(model, processor, frames: np.ndarray, n: int, chunk: int) -> dict:
 # ---- b. many streams ----------------------------------------------------------------------------
 
 
-def aggregate(model, processor, frames: np.ndarray, sizes: list[int], rounds: int) -> dict:
+def aggregate(model, processor, frames: np.ndarray, sizes: list[int], rounds: int, **options) -> dict:
     """S streams with a frame each per round, batched: frames/s and per-frame latency (= the round's)."""
     from .engine import Engine
 
-    engine = Engine(model, processor, max_streams=max(sizes), batch_sizes=sorted(set(sizes)))
+    engine = Engine(model, processor, max_streams=max(sizes), batch_sizes=sorted(set(sizes)), **options)
     engine.capture(decode=False)
     out = {}
     for S in sizes:
@@ -178,7 +178,7 @@ def aggregate(model, processor, frames: np.ndarray, sizes: list[int], rounds: in
 
 
 def realtime_capacity(model, processor, frames: np.ndarray, candidates: list[int], fps: float = 30.0, seconds: float = 3.0,
-                      deadline_ms: float = 100.0) -> dict:
+                      deadline_ms: float = 100.0, **options) -> dict:
     """The most streams at `fps` served in real time: a paced simulation per candidate S.
 
     Every 1/fps seconds each stream delivers a frame; the engine takes all frames that have
@@ -188,7 +188,7 @@ def realtime_capacity(model, processor, frames: np.ndarray, candidates: list[int
     from .engine import Engine
 
     top = max(candidates)
-    engine = Engine(model, processor, max_streams=top, batch_sizes=(1, 4, 16, 32, 64))
+    engine = Engine(model, processor, max_streams=top, batch_sizes=(1, 4, 16, 32, 64), **options)
     engine.capture(decode=False)
     period = 1.0 / fps
     results, best = {}, 0
@@ -279,10 +279,8 @@ def per_frame_llm(model, contexts: list[int], tokens_per_frame: int, reps: int, 
     The same machinery as ours: a static KV cache sized to the context, one CUDA graph per
     context, the LM head on the frame's last token (its speak-or-stay-silent decision).
     """
-    from torch.nn.attention import sdpa_kernel
-
     from .decoding import StaticKV, decoder_forward
-    from .engine import _SDPA_BACKENDS, _Graph
+    from .engine import _Graph
 
     lm = model.language_model
     device = next(lm.parameters()).device
@@ -297,8 +295,7 @@ def per_frame_llm(model, contexts: list[int], tokens_per_frame: int, reps: int, 
         positions = torch.arange(context, context + tokens_per_frame, device=device)[None]
 
         def frame_step(kv=kv, embeds=embeds, positions=positions) -> torch.Tensor:
-            with sdpa_kernel(_SDPA_BACKENDS):
-                h = decoder_forward(lm.get_decoder(), embeds, positions, kv)
+            h = decoder_forward(lm.get_decoder(), embeds, positions, kv)
             return lm.get_output_embeddings()(h[:, -1]).argmax(-1)
 
         with torch.inference_mode():
@@ -429,13 +426,15 @@ def bench_all(args) -> dict:
         "python": platform.python_version(), "cuda_graphs": cuda, "load_average_1m": _load_average(),
         "limits": limits, "floors": floors(model, limits),
     }
+    options = {"compile_vision": args.compile_vision}
+    result["compile_vision"] = args.compile_vision
     n_live = 200 if quick else args.frames
-    result["live"] = live_stream(model, processor, frames, n_live)
-    result["file_mode"] = file_mode(model, processor, frames, 64 if quick else 2048, chunk=16 if quick else args.chunk)
+    result["live"] = live_stream(model, processor, frames, n_live, **options)
+    result["file_mode"] = file_mode(model, processor, frames, 64 if quick else 2048, chunk=16 if quick else args.chunk, **options)
     sizes = [1, 4] if quick else [1, 4, 16, 64]
-    result["aggregate"] = aggregate(model, processor, frames, sizes, rounds=5 if quick else 30)
+    result["aggregate"] = aggregate(model, processor, frames, sizes, rounds=5 if quick else 30, **options)
     if not quick:
-        result["real_time_30fps"] = realtime_capacity(model, processor, frames, args.realtime_candidates)
+        result["real_time_30fps"] = realtime_capacity(model, processor, frames, args.realtime_candidates, **options)
     turns = [4, 10] if quick else [10, 100, 600]
     result["replies"] = replies(model, processor, frames, turns, reps=2 if quick else 5, others=3 if quick else 16)
     contexts = [64, 256] if quick else [1024, 4096, 16384]
@@ -573,6 +572,7 @@ def markdown_all(r: dict) -> str:
     """The side-by-side table of `bench all`."""
     lines = [f"# StreamMind inference engine — {r['preset']}, {r['dtype']}, {r['gpu'] or 'CPU'}", "",
              f"torch {r['torch']}, transformers {r['transformers']}, CUDA graphs {'on' if r['cuda_graphs'] else 'off'}, "
+             f"vision {'compiled' if r['compile_vision'] else 'eager'} (inside the graphs), "
              f"frames {r['frame_size'][1]}x{r['frame_size'][0]} uint8, random weights; wall time {r['wall_s']} s.", ""]
     lim, fl = r["limits"], r["floors"]
     if lim:
@@ -651,6 +651,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--realtime-candidates", type=int, nargs="+", default=[16, 32, 48, 64, 96, 128],
                            help="stream counts tried in the 30 fps real-time simulation")
             p.add_argument("--quick", action="store_true", help="small sizes everywhere (seconds on a CPU; checks the machinery)")
+            p.add_argument("--compile-vision", action="store_true", help="the engines' vision tower through torch.compile (see Engine)")
     prof = sub.add_parser("profile", help="where the time of an always-on frame and a decode step goes (torch.profiler)")
     prof.add_argument("--preset", default="streammind-7b" if default_device == "cuda" else "tiny")
     prof.add_argument("--device", default=default_device)

@@ -48,7 +48,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import DynamicCache
 
 from .decoding import StaticKV, decoder_forward, supports_static_decoding
@@ -58,10 +57,6 @@ from .sampling import select_tokens
 # LLM architectures whose base model's forward is exactly layers + rotary + norm (no embedding
 # scaling or per-layer attention types), so that `decoder_forward` computes what it computes.
 STATIC_LLM_TYPES = ("mistral", "llama", "qwen2", "qwen3")
-
-# Attention kernels for the engine's calls: cuDNN's is left out, since it builds a plan for
-# every new sequence length (seen as a stall of tens of ms per new length).
-_SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 # Prefill lengths are padded up to a multiple of this on CUDA, so that a long stream meets a
 # handful of shapes instead of one per turn length.
@@ -134,6 +129,9 @@ class Engine:
             in the smallest that holds b; larger calls are split).
         max_prompt_tokens: P, room for the gate's prompt (system prompt and query).
         chunk_size: frames per chunk in `push_clip`.
+        compile_vision: run the vision tower through `torch.compile` (fuses its layer norms,
+            activations and bias adds; the first call of a batch size compiles, a minute or
+            more for CLIP-L): faster frames for long-running servers, slower start-up.
     """
 
     def __init__(
@@ -145,6 +143,7 @@ class Engine:
         batch_sizes: Sequence[int] = (1, 4, 16, 64),
         max_prompt_tokens: int = 512,
         chunk_size: int = 32,
+        compile_vision: bool = False,
     ):
         if max_streams < 1:
             raise ValueError(f"max_streams must be >= 1, got {max_streams}")
@@ -161,6 +160,8 @@ class Engine:
         self.chunk_size = chunk_size
         self.max_prompt_tokens = max_prompt_tokens
         self.per_frame_gate = config.gate_mode == "per_frame"
+        self.vision = torch.compile(model.vision, dynamic=True) if compile_vision else model.vision
+        self._staging: torch.Tensor | None = None  # pinned host memory the frames travel from
         self.window = config.gate_window
 
         S = max_streams + 1  # + the scratch slot
@@ -266,8 +267,7 @@ class Engine:
         if ids:
             embeds = self.model.gate.embed(torch.tensor([ids], device=self.device))  # [1, p, D]
             positions = torch.arange(len(ids), device=self.device)[None]
-            with sdpa_kernel(_SDPA_BACKENDS):
-                decoder_forward(self.model.gate.decoder, embeds, positions, self.gate_kv, self._rows([slot]))
+            decoder_forward(self.model.gate.decoder, embeds, positions, self.gate_kv, self._rows([slot]))
 
     def _rows(self, slots: Sequence[int]) -> torch.Tensor:
         return torch.tensor(list(slots), dtype=torch.long, device=self.device)
@@ -282,7 +282,7 @@ class Engine:
         """
         model = self.model
         if features is None:
-            features = model.vision(pixels)  # [b, Dv]
+            features = self.vision(pixels)  # [b, Dv]
         state = PerceptionState(self.perception_state.conv_state.index_select(0, rows), self.perception_state.ssm_state.index_select(0, rows))
         token, _ = model.perception.step(features.to(self.dtype), state)  # [b, D]
         self.perception_state.conv_state.index_copy_(0, rows, state.conv_state)
@@ -301,7 +301,7 @@ class Engine:
     @torch.inference_mode()
     def step(self, slots: Sequence[int], frames) -> np.ndarray:
         """One frame for each of `slots`: uint8 RGB frames [b, H, W, 3] (or a list) -> p(respond) [b]."""
-        pixels = self.processor.preprocess_frames(frames, device=self.device)  # [b, 3, S, S]
+        pixels = self.processor.preprocess_frames(self._to_device(frames), device=self.device)  # [b, 3, S, S]
         if pixels.shape[0] != len(slots):
             raise ValueError(f"{len(slots)} streams but {pixels.shape[0]} frames")
         return self._run_always_on(slots, "pixels", pixels)
@@ -312,20 +312,32 @@ class Engine:
         features = torch.as_tensor(features).to(self.device).view(len(slots), -1)
         return self._run_always_on(slots, "features", features)
 
+    def _to_device(self, frames):
+        """uint8 frames [k, H, W, 3] as a numpy array -> the device, through pinned host memory (an
+        asynchronous copy; a pageable one is synchronous and several times slower). Other inputs
+        (lists of frames of different sizes, tensors) are left to the processor."""
+        if self.device.type != "cuda" or not isinstance(frames, np.ndarray) or frames.dtype != np.uint8:
+            return frames
+        if self._staging is None or self._staging.numel() < frames.size:
+            self._staging = torch.empty(frames.size, dtype=torch.uint8, pin_memory=True)
+        staged = self._staging[: frames.size].view(frames.shape)
+        staged.numpy()[...] = frames
+        # The previous call synchronised on its result, so the buffer is free to reuse.
+        return staged.to(self.device, non_blocking=True)
+
     def _run_always_on(self, slots: Sequence[int], kind: str, inputs: torch.Tensor) -> np.ndarray:
         for slot in slots:
             self._check_slot(slot)
         if len(set(slots)) != len(slots):
             raise ValueError(f"a stream can take one frame per call; got slots {list(slots)}")
-        with sdpa_kernel(_SDPA_BACKENDS):
-            if not self.cuda_graphs:
-                return self._always_on(self._rows(slots), **{kind: inputs}).cpu().numpy()
-            out = []
-            top = self.batch_sizes[-1]
-            for start in range(0, len(slots), top):
-                part = list(slots[start : start + top])
-                out.append(self._replay_always_on(part, kind, inputs[start : start + len(part)]))
-            return np.concatenate(out)
+        if not self.cuda_graphs:
+            return self._always_on(self._rows(slots), **{kind: inputs}).cpu().numpy()
+        out = []
+        top = self.batch_sizes[-1]
+        for start in range(0, len(slots), top):
+            part = list(slots[start : start + top])
+            out.append(self._replay_always_on(part, kind, inputs[start : start + len(part)]))
+        return np.concatenate(out)
 
     def _replay_always_on(self, slots: list[int], kind: str, inputs: torch.Tensor, size: int | None = None) -> np.ndarray:
         b = len(slots)
@@ -356,9 +368,8 @@ class Engine:
             return
         S = self.config.vision_config.image_size
         shape = (3, S, S) if inputs == "pixels" else (self.config.vision_dim,)
-        with sdpa_kernel(_SDPA_BACKENDS):
-            for size in batch_sizes or self.batch_sizes:
-                self._replay_always_on([], inputs, torch.zeros(0, *shape, device=self.device), size=size)
+        for size in batch_sizes or self.batch_sizes:
+            self._replay_always_on([], inputs, torch.zeros(0, *shape, device=self.device), size=size)
         if decode and self._llm_static:
             self._hold_llm(Conversation())
             self._decode_graph()
@@ -378,8 +389,7 @@ class Engine:
             return torch.softmax(logits.float(), dim=-1)[:, 1]
         start = int(self.prompt_length[slot] + self.turn_frames[slot])
         positions = torch.arange(start, start + k, device=self.device)[None]  # [1, k]
-        with sdpa_kernel(_SDPA_BACKENDS):
-            h = decoder_forward(self.model.gate.decoder, tokens[None], positions, self.gate_kv, self._rows([slot]))  # [1, k, D]
+        h = decoder_forward(self.model.gate.decoder, tokens[None], positions, self.gate_kv, self._rows([slot]))  # [1, k, D]
         self.turn_frames[slot] += k
         return torch.softmax(self.model.gate.head(h[0]).float(), dim=-1)[:, 1]
 
@@ -415,9 +425,8 @@ class Engine:
         """
         self._conversation(slot)
         if features is None:
-            pixels = self.processor.preprocess_frames(frames, device=self.device)  # [k, 3, S, S]
-            with sdpa_kernel(_SDPA_BACKENDS):
-                features = self.model.vision.encode_frames(pixels, chunk_size=max(self.chunk_size, 1))  # [k, Dv]
+            pixels = self.processor.preprocess_frames(self._to_device(frames), device=self.device)  # [k, 3, S, S]
+            features = torch.cat([self.vision(chunk) for chunk in pixels.split(max(self.chunk_size, 1))])  # [k, Dv]
         features = torch.as_tensor(features).to(self.device, self.dtype)
         k = features.shape[0]
         state = PerceptionState(self.perception_state.conv_state[slot : slot + 1], self.perception_state.ssm_state[slot : slot + 1])
@@ -522,13 +531,12 @@ class Engine:
         start = conv.llm_length
         if self._llm_static:
             padded = L
-            if self.device.type == "cuda":
+            if self.device.type == "cuda" and L > 1:
                 padded = max(L, min(-(-L // _PREFILL_BUCKET) * _PREFILL_BUCKET, self._llm_kv.length - start))
             if padded > L:
                 embeds = torch.cat([embeds, embeds.new_zeros(1, padded - L, embeds.shape[2])], dim=1)
             positions = torch.arange(start, start + padded, device=self.device)[None]
-            with sdpa_kernel(_SDPA_BACKENDS):
-                h = decoder_forward(lm.get_decoder(), embeds, positions, self._llm_kv)  # [1, padded, D]
+            h = decoder_forward(lm.get_decoder(), embeds, positions, self._llm_kv)  # [1, padded, D]
             logits = lm.get_output_embeddings()(h[0, L - 1])
         else:
             if start == 0:
@@ -562,8 +570,7 @@ class Engine:
 
             def decode_step() -> torch.Tensor:
                 embeds = lm.get_input_embeddings()(buffers["token"])  # [1, 1, D]
-                with sdpa_kernel(_SDPA_BACKENDS):
-                    h = decoder_forward(lm.get_decoder(), embeds, buffers["position"], self._llm_kv)
+                h = decoder_forward(lm.get_decoder(), embeds, buffers["position"], self._llm_kv)
                 return lm.get_output_embeddings()(h[:, -1]).argmax(-1)  # [1]
 
             self._graphs[key] = _Graph(decode_step, self._pool)
@@ -604,8 +611,7 @@ class Engine:
         embed = lm.get_input_embeddings()
         if self._llm_static:
             kv = StaticKV(lm.config, K, L + max_new_tokens + 1, self.device, self.dtype)
-            with sdpa_kernel(_SDPA_BACKENDS):
-                h = decoder_forward(lm.get_decoder(), embeds, torch.arange(L, device=self.device)[None], kv)  # slot 0
+            h = decoder_forward(lm.get_decoder(), embeds, torch.arange(L, device=self.device)[None], kv)  # slot 0
             for k in range(1, K):
                 kv.copy_slot(0, k, upto=L)
             first = lm.get_output_embeddings()(h[0, -1])
@@ -614,8 +620,7 @@ class Engine:
             def advance(order: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
                 kv.reorder(order, upto=length[0])
                 positions = torch.full((K, 1), length[0], dtype=torch.long, device=self.device)
-                with sdpa_kernel(_SDPA_BACKENDS):
-                    h = decoder_forward(lm.get_decoder(), embed(tokens[:, None]), positions, kv)  # [K, 1, D]
+                h = decoder_forward(lm.get_decoder(), embed(tokens[:, None]), positions, kv)  # [K, 1, D]
                 length[0] += 1
                 return torch.log_softmax(lm.get_output_embeddings()(h[:, -1]).float(), dim=-1)
         else:
