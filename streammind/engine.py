@@ -54,13 +54,12 @@ from .decoding import StaticKV, decoder_forward, supports_static_decoding
 from .perception import PerceptionState
 from .sampling import select_tokens
 
-# LLM architectures whose base model's forward is exactly layers + rotary + norm (no embedding
-# scaling or per-layer attention types), so that `decoder_forward` computes what it computes.
-STATIC_LLM_TYPES = ("mistral", "llama", "qwen2", "qwen3")
-
 # Prefill lengths are padded up to a multiple of this on CUDA, so that a long stream meets a
 # handful of shapes instead of one per turn length.
 _PREFILL_BUCKET = 64
+# The LLM attends to its context in spans of this many positions (one decode graph per span),
+# so a conversation of n tokens costs what n tokens cost, not what `max_context_tokens` does.
+_CONTEXT_SPAN = 1024
 
 
 @dataclass
@@ -179,7 +178,8 @@ class Engine:
         self._free = list(range(max_streams))[::-1]
 
         lm = model.language_model
-        self._llm_static = lm.config.model_type in STATIC_LLM_TYPES and supports_static_decoding(lm.get_decoder())
+        # Other architectures reply through their own forward with a dynamic cache (correct, slower).
+        self._llm_static = supports_static_decoding(lm.get_decoder())
         self._llm_kv: StaticKV | None = None  # allocated at the first reply
         self._llm_cache: DynamicCache | None = None  # architectures without a static path
         self._holder: Conversation | None = None  # the conversation whose context the LLM cache holds
@@ -372,7 +372,7 @@ class Engine:
             self._replay_always_on([], inputs, torch.zeros(0, *shape, device=self.device), size=size)
         if decode and self._llm_static:
             self._hold_llm(Conversation())
-            self._decode_graph()
+            self._decode_graph(self._span(1))
 
     # ---- the gate over a chunk (file mode, queries joining) -------------------------------
 
@@ -536,7 +536,7 @@ class Engine:
             if padded > L:
                 embeds = torch.cat([embeds, embeds.new_zeros(1, padded - L, embeds.shape[2])], dim=1)
             positions = torch.arange(start, start + padded, device=self.device)[None]
-            h = decoder_forward(lm.get_decoder(), embeds, positions, self._llm_kv)  # [1, padded, D]
+            h = decoder_forward(lm.get_decoder(), embeds, positions, self._llm_kv, span=self._span(start + padded))  # [1, padded, D]
             logits = lm.get_output_embeddings()(h[0, L - 1])
         else:
             if start == 0:
@@ -551,26 +551,31 @@ class Engine:
         """Feed one token to the held conversation; returns the greedy next id."""
         if not (self._llm_static and self.cuda_graphs):
             return int(self._llm_extend(conv, self._embed_ids([token_id])).argmax())
-        graph, buffers = self._decode_graph()
+        graph, buffers = self._decode_graph(self._span(conv.llm_length + 1))
         buffers["token"].fill_(token_id)
         buffers["position"].fill_(conv.llm_length)
         next_id = int(graph())
         conv.llm_length += 1
         return next_id
 
-    def _decode_graph(self) -> tuple[_Graph, dict[str, torch.Tensor]]:
-        """The LLM's one-token greedy step on the context, as a graph (captured on first use)."""
-        key = ("decode",)
+    def _span(self, length: int) -> int:
+        """The attention span that holds `length` positions of the LLM context."""
+        return min(self._llm_kv.length, -(-length // _CONTEXT_SPAN) * _CONTEXT_SPAN)
+
+    def _decode_graph(self, span: int) -> tuple[_Graph, dict[str, torch.Tensor]]:
+        """The LLM's one-token greedy step on the first `span` positions of the context, as a graph
+        (captured on first use of the span)."""
+        key = ("decode", span)
         if key not in self._graphs:
-            # The warm-up writes at the last position, past any conversation's length.
+            # The warm-up writes at the span's last position, past the conversation's length.
             buffers = {"token": torch.zeros(1, 1, dtype=torch.long, device=self.device),
-                       "position": torch.full((1, 1), self._llm_kv.length - 1, dtype=torch.long, device=self.device)}
+                       "position": torch.full((1, 1), span - 1, dtype=torch.long, device=self.device)}
             self._buffers[key] = buffers
             lm = self.model.language_model
 
             def decode_step() -> torch.Tensor:
                 embeds = lm.get_input_embeddings()(buffers["token"])  # [1, 1, D]
-                h = decoder_forward(lm.get_decoder(), embeds, buffers["position"], self._llm_kv)
+                h = decoder_forward(lm.get_decoder(), embeds, buffers["position"], self._llm_kv, span=span)
                 return lm.get_output_embeddings()(h[:, -1]).argmax(-1)  # [1]
 
             self._graphs[key] = _Graph(decode_step, self._pool)
