@@ -185,14 +185,20 @@ def test_suite_over_the_fixtures(tmp_path, small_world, model_dir, judge_env):
 
 
 def test_suite_without_a_judge_answers_but_does_not_score(tmp_path, small_world, model_dir, monkeypatch):
+    import streammind
+
     monkeypatch.delenv("STREAMMIND_JUDGE_BASE_URL", raising=False)
     monkeypatch.delenv("STREAMMIND_JUDGE_MODEL", raising=False)
+    loads = []
+    load_model = streammind.load_model
+    monkeypatch.setattr(streammind, "load_model", lambda *a, **k: loads.append(a) or load_model(*a, **k))
     root = suite_root(tmp_path, small_world)
     out = tmp_path / "out"
     assert main(["--data-root", str(root), "--model", str(model_dir), "--out", str(out), "--only", "videochatgpt", "egoschema",
                  "--num-frames", "2", "--max-new-tokens", "2"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["judge"] is None and [r["name"] for r in summary["benchmarks"]] == ["egoschema", "videochatgpt"]
+    assert len(loads) == 1  # one model for both benchmarks
     vcgpt = summary["benchmarks"][1]
     assert vcgpt["status"] == "answered, not judged" and vcgpt["values"] == {}
     assert "python -m eval.videochatgpt --predictions" in vcgpt["reason"]
