@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from eval.offline_suite import BENCHMARKS, NotFound, main
+from eval.offline_suite import BENCHMARKS, NotFound, _run_main, main
 from eval.qa_mc import load_egoschema, load_videomme
 from eval.qa_open import OpenQATask
 from streammind.cli import main as cli_main
@@ -76,6 +76,11 @@ def test_loaders_fall_back_to_the_release_video_folders(tmp_path):
     (tmp_path / "anet" / "all_test").mkdir()
     assert OpenQATask("activitynet", tmp_path / "anet", judge=None).video_dir == tmp_path / "anet" / "all_test"
 
+
+def test_a_benchmark_that_exits_fails_with_its_last_error_line(tmp_path):
+    with pytest.raises(RuntimeError, match=r"^python -m eval.qa_mc: error: argument --dataset: invalid choice: 'nope'"):
+        _run_main("eval.qa_mc", ["--dataset", "nope", "--data-root", str(tmp_path), "--out", str(tmp_path / "out")])
+    _run_main("eval.qa_mc", ["--help"])  # exit status 0 is not a failure
 
 # ---- one run over the fixtures -----------------------------------------------------------
 
