@@ -20,14 +20,15 @@ Data layouts under --data-root (not shipped):
                             "videomme/test-00000-of-00001.parquet").to_json("videomme.json",
                             orient="records")`; .jsonl also read). Records grouped per video
                             with a "questions" list are flattened. Subtitles are not used.
-        data/<videoID>.mp4
+        data/<videoID>.mp4  (or videos/<videoID>.mp4 when there is no data/, as in StreamMind's release)
     EgoSchema (--dataset egoschema)
         questions.json      [{"q_uid": ..., "question": ..., "option 0": ..., ..., "option 4": ...}]
         subset_answers.json optional {q_uid: correct option index} (the public 500-question
                             subset); questions without one are answered and written but not
                             scored; every answer also goes to egoschema_submission.csv
                             ("q_uid,answer", -1 when unparsed) for the evaluation server
-        videos/<q_uid>.mp4
+        videos/<q_uid>.mp4  (or good_clips_git/<q_uid>.mp4 when there is no videos/, as in
+                            StreamMind's release)
     PerceptionTest (--dataset perceptiontest; multiple-choice video QA)
         mc_question_<split>.json  {video_id: {"mc_question": [{"id": ..., "question": ...,
                             "options": [3 strings], "answer_id": i, "area": ..., "reasoning": ...}]}}
@@ -172,6 +173,11 @@ def _video(directory: Path, name: str) -> str:
     return str(find_video(directory, name) or directory / name)
 
 
+def _video_dir(root: Path, *names: str) -> Path:
+    """The first of root/<name> that is a directory, else root/<first name> (its videos then fail, counted)."""
+    return next((root / name for name in names if (root / name).is_dir()), root / names[0])
+
+
 def load_mvbench(root: Path, tasks: Sequence[str] | None = None) -> list[dict]:
     """MVBench examples; `tasks` are json stems ("action_sequence", ...), default all 20."""
     known = {spec[0][: -len(".json")]: name for name, spec in MVBENCH_TASKS.items()}
@@ -220,7 +226,7 @@ def load_videomme(root: Path) -> list[dict]:
         answer_letter = str(row["answer"]).strip().upper()[:1]
         video_key = str(row.get("videoID") or row["video_id"])
         out.append({
-            "id": str(row["question_id"]), "video": _video(root / "data", video_key), "question": row["question"],
+            "id": str(row["question_id"]), "video": _video(_video_dir(root, "data", "videos"), video_key), "question": row["question"],
             "options": options, "reference": LETTERS.index(answer_letter) if answer_letter else None,
             "category": {k: str(row[k]) for k in CATEGORY_KEYS["videomme"] if k in row},
         })
@@ -235,7 +241,7 @@ def load_egoschema(root: Path) -> list[dict]:
         options = [str(row[f"option {i}"]) for i in range(5)]
         q_uid = str(row["q_uid"])
         out.append({
-            "id": q_uid, "video": _video(root / "videos", q_uid), "question": row["question"], "options": options,
+            "id": q_uid, "video": _video(_video_dir(root, "videos", "good_clips_git"), q_uid), "question": row["question"], "options": options,
             "reference": int(answers[q_uid]) if q_uid in answers else None, "category": {},
         })
     return out

@@ -20,7 +20,8 @@ distributes them, reference/original-code.md §3.6):
         test_q.json         [{"video_name": "...", "question": "...", "question_id": "..."}]
         test_a.json         [{"question_id": "...", "answer": "...", "type": 0..8}]
                             (matched by question_id, else by position)
-        videos/v_<video_name>.mp4 (or <video_name>.*; --video-dir overrides)
+        videos/v_<video_name>.mp4 (or <video_name>.*; without videos/, all_test/ is used, the
+                            folder name of StreamMind's release; --video-dir overrides)
 
 Repeated question ids get "#k" suffixes so every question is one record.
 
@@ -61,7 +62,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -226,7 +227,21 @@ class Judge:
         return self.config.backoff_s * 2**attempt
 
     def judge(self, *, question: str, prediction: str, reference: str) -> tuple[Judgement, str]:
-        """Judge one answer; returns the judgement and the raw reply text.
+        """Judge one answer with the QA prompt; returns the judgement and the raw reply text.
+
+        Raises:
+            JudgeConfigError: HTTP 401/403/404 (fix the configuration).
+            JudgeError: still failing after `max_attempts`.
+        """
+        messages = [
+            {"role": "system", "content": JUDGE_SYSTEM},
+            {"role": "user", "content": JUDGE_USER.format(question=question, reference=reference, prediction=prediction)},
+        ]
+        return self.ask(messages, parse_judgement)
+
+    def ask(self, messages: Sequence[Mapping[str, str]], parse: Callable[[str], object]) -> tuple[object, str]:
+        """Send chat `messages` and parse the reply with `parse` (which raises JudgeResponseError
+        on an unusable reply, retried like a transient error); returns (parsed, raw reply text).
 
         Raises:
             JudgeConfigError: HTTP 401/403/404 (fix the configuration).
@@ -234,10 +249,7 @@ class Judge:
         """
         payload = {
             "model": self.config.model,
-            "messages": [
-                {"role": "system", "content": JUDGE_SYSTEM},
-                {"role": "user", "content": JUDGE_USER.format(question=question, reference=reference, prediction=prediction)},
-            ],
+            "messages": [dict(message) for message in messages],
             "temperature": self.config.temperature,
             "max_tokens": self.config.max_tokens,
         }
@@ -247,7 +259,7 @@ class Judge:
             try:
                 body = self._post(payload)
                 content = body["choices"][0]["message"]["content"] or ""
-                return parse_judgement(content), content
+                return parse(content), content
             except urllib.error.HTTPError as error:
                 if error.code in _FATAL_STATUS:
                     raise JudgeConfigError(
@@ -373,7 +385,7 @@ class OpenQATask(OfflineTask):
         data_root: the layout of the module docstring.
         judge: the Judge, or None.
         questions: the question file (default per layout).
-        video_dir: default data_root/videos.
+        video_dir: default data_root/videos (ActivityNet-QA: all_test/ when there is no videos/).
         judge_workers: concurrent judge requests.
         saved_judgements: {id: judgement record} of an earlier run.
         rejudge: ignore saved judgements.
@@ -402,7 +414,11 @@ class OpenQATask(OfflineTask):
         self.title = {"msvd": "MSVD-QA", "activitynet": "ActivityNet-QA"}[dataset]
         self.root = Path(data_root)
         self.questions = Path(questions) if questions else None
-        self.video_dir = Path(video_dir) if video_dir else self.root / "videos"
+        if video_dir is None:
+            video_dir = self.root / "videos"
+            if dataset == "activitynet" and not video_dir.is_dir() and (self.root / "all_test").is_dir():
+                video_dir = self.root / "all_test"
+        self.video_dir = Path(video_dir)
         self.judge = judge
         self.judge_workers = judge_workers
         self.saved_judgements = {} if rejudge or saved_judgements is None else dict(saved_judgements)
@@ -525,7 +541,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_offline_parser("python -m eval.qa_open", __doc__, max_new_tokens=MAX_NEW_TOKENS,
                                   annotations_help="question file (default: test_qa.json / test_q.json under --data-root)")
     parser.add_argument("--dataset", choices=DATASETS, required=True)
-    parser.add_argument("--video-dir", type=Path, default=None, help="default: <data-root>/videos")
+    parser.add_argument("--video-dir", type=Path, default=None, help="default: <data-root>/videos (ActivityNet-QA: all_test/ when there is no videos/)")
     parser.add_argument("--skip-judge", action="store_true", help="write answers only (judge later with --predictions)")
     parser.add_argument("--judgements", type=Path, default=None, help="judgements.jsonl of an earlier run to reuse")
     parser.add_argument("--rejudge", action="store_true", help="judge again even where --judgements has a verdict")

@@ -1,4 +1,4 @@
-"""The `streammind` command: `streammind {stream,bench,quickstart,world,pretrain-tower,train,convert} ...`.
+"""The `streammind` command: `streammind {stream,eval,bench,quickstart,world,pretrain-tower,train,convert} ...`.
 
 `stream` runs a saved model over a video file, a webcam, an RTSP/HTTP URL or a folder of
 images, printing `[mm:ss.s] reply` lines as replies happen (the runtime pieces live in
@@ -14,7 +14,10 @@ a terminal, or with `--interactive`). Exit status: 0 when the source was streame
 (Ctrl-C; the outputs written so far are kept).
 
 The other subcommands hand their arguments to the module's own `main`, e.g.
-`streammind bench step --preset tiny` is `python -m streammind.bench step --preset tiny`.
+`streammind bench step --preset tiny` is `python -m streammind.bench step --preset tiny`, and
+`streammind eval <benchmark> ...` is `python -m eval.<module> ...` (`EVAL_COMMANDS`), with
+`streammind eval offline --data-root ROOT --model DIR --out OUT` running every offline benchmark
+found under ROOT (`eval.offline_suite`).
 """
 
 from __future__ import annotations
@@ -37,6 +40,20 @@ DELEGATED = {
     "pretrain-tower": ("streammind.tower_pretrain", "CLIP-style pretraining of the tiny tower on a world (streammind.tower_pretrain)"),
     "train": ("streammind.train", "train one stage from a YAML config (streammind.train)"),
     "convert": ("streammind.convert", "conversion tools (streammind.convert)"),
+}
+
+# `streammind eval NAME ...` -> (module whose main(argv) runs it, help line)
+EVAL_COMMANDS = {
+    "offline": ("eval.offline_suite", "the offline suite: every offline benchmark found under --data-root, one summary table"),
+    "coin": ("eval.coin", "COIN step / next / task / procedure / procedure+"),
+    "ego4d_lta": ("eval.ego4d_lta", "Ego4D long-term action anticipation (ED@20)"),
+    "qa_open": ("eval.qa_open", "open-ended QA with an LLM judge (MSVD-QA, ActivityNet-QA)"),
+    "qa_mc": ("eval.qa_mc", "multiple-choice QA (MVBench, Video-MME, EgoSchema, PerceptionTest)"),
+    "videochatgpt": ("eval.videochatgpt", "the Video-ChatGPT generative benchmark (five judge scores)"),
+    "synthetic": ("eval.synthetic", "streaming: the synthetic world"),
+    "ego4d_narration": ("eval.ego4d_narration", "streaming: Ego4D narration"),
+    "soccernet": ("eval.soccernet", "streaming: SoccerNet commentary"),
+    "score": ("eval.score", "re-score free-running streaming predictions"),
 }
 
 
@@ -83,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="FFmpeg open option for URLs and devices, e.g. rtsp_transport=tcp (repeatable)")
     stream.add_argument("--interactive", action="store_true",
                         help="read queries from stdin even when it is not a terminal (one per line)")
+    sub.add_parser("eval", help="evaluate: `streammind eval offline ...` (the offline suite) or `streammind eval <benchmark> ...`",
+                   add_help=False)
     for name, (_, help_line) in DELEGATED.items():
         sub.add_parser(name, help=help_line, add_help=False)
     return parser
@@ -93,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in DELEGATED:
         return _delegate(argv[0], argv[1:])
+    if argv and argv[0] == "eval":
+        return _eval(argv[1:])
     args = build_parser().parse_args(argv)
     return stream(args)
 
@@ -109,6 +130,20 @@ def _delegate(command: str, rest: list[str]) -> int:
         return 1
     module.main(rest)
     return 0
+
+
+def _eval(rest: list[str]) -> int:
+    """`streammind eval NAME ...`: the benchmark module's main(rest[1:]) and its exit status."""
+    usage = "usage: streammind eval NAME [ARGS ...]   (`streammind eval NAME --help` for a benchmark's options)\n\n" + "\n".join(
+        f"  {name:<16} {help_line}" for name, (_, help_line) in EVAL_COMMANDS.items())
+    if not rest or rest[0] in ("-h", "--help"):
+        print(usage, file=sys.stdout if rest else sys.stderr)
+        return 0 if rest else 2
+    if rest[0] not in EVAL_COMMANDS:
+        print(f"streammind eval: error: unknown benchmark {rest[0]!r}\n{usage}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(EVAL_COMMANDS[rest[0]][0])
+    return module.main(rest[1:]) or 0
 
 
 @contextlib.contextmanager
