@@ -20,6 +20,16 @@ Bounded state, documented budgets:
   the current query and the newest turns that fit (amortised: this happens once per many
   turns, never per frame).
 
+Inputs are checked before anything runs (`check_threshold`, `check_max_new_tokens`,
+`check_query`; each raises `SessionInputError` naming the value): the threshold must be a
+finite number in [0, 1], the reply cap an integer >= 1, and a query must fit the LLM's
+budget. The query rule: a query is refused (never truncated) when the first turn it opens
+(BOS, system prompt, the query, the placeholders of a full turn memory,
+`placeholders_for(max_turn_frames)`, and `[/INST]`) plus the reply cap and its EOS exceeds
+`max_context_tokens`, or when the gate's prompt (which holds the query) plus `gate_window`
+frames exceeds the gate's `max_position_embeddings`. A query that joins mid-stream is
+checked together with the queries still waiting for the next turn.
+
 A session owns all of its state; `reset()` clears it between videos (the released code
 never did). The streaming path computes the same perception tokens and gate probabilities
 as the parallel `forward` over the same clip (tests/test_streaming.py).
@@ -27,15 +37,58 @@ as the parallel `forward` over the same clip (tests/test_streaming.py).
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass, field
 
 import torch
 from transformers import DynamicCache
 
+from .errors import UserError
 from .modeling_streammind import StreamMindForCausalLM
 from .processing import StreamMindProcessor
 from .sampling import select_tokens
+
+
+class SessionInputError(UserError, ValueError):
+    """A session input out of range: a threshold, a reply cap, or a query over the budget."""
+
+
+def check_threshold(threshold: float) -> float:
+    """A gate threshold must be a finite number in [0, 1] (NaN would reply on no frame, or on every one)."""
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold) or not 0 <= threshold <= 1:
+        raise SessionInputError(f"threshold must be a finite number in [0, 1], got {threshold!r}")
+    return float(threshold)
+
+
+def check_max_new_tokens(max_new_tokens: int) -> int:
+    """The reply length cap must be an integer >= 1."""
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise SessionInputError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
+    return max_new_tokens
+
+
+def check_query(processor: StreamMindProcessor, query: str | None, max_new_tokens: int) -> None:
+    """Refuse a query the LLM context or the gate's positions cannot hold (the rule is in the module docstring)."""
+    if query is None:
+        return
+    if not isinstance(query, str):
+        raise SessionInputError(f"a query must be a string, got {type(query).__name__}")
+    config = processor.config
+    turn = len(processor.encode_turn_prefix(query, processor.placeholders_for(config.max_turn_frames), first=True))
+    need = turn + max_new_tokens + 1
+    if need > config.max_context_tokens:
+        query_tokens = len(processor.tokenizer.encode(query, add_special_tokens=False))
+        raise SessionInputError(
+            f"the query is too long: {query_tokens} tokens, and its first turn with a full turn memory and a "
+            f"{max_new_tokens}-token reply needs {need} of the LLM's {config.max_context_tokens} (max_context_tokens); "
+            "shorten the query"
+        )
+    gate_need = len(processor.encode_gate_prompt(query)) + config.gate_window
+    gate_limit = config.gate_config.max_position_embeddings
+    if gate_need > gate_limit:
+        raise SessionInputError(f"the query is too long for the gate: its prompt plus {config.gate_window} frames needs "
+                                f"{gate_need} positions of {gate_limit}; shorten the query")
 
 
 @dataclass
@@ -72,10 +125,14 @@ class StreamingSession:
     Args:
         model: a `StreamMindForCausalLM` (eval mode is set here).
         processor: its `StreamMindProcessor`.
-        query: the user's request (may also be given later with `add_query`).
-        threshold: respond when p(respond) > threshold (default: the config's).
-        max_new_tokens: reply length cap (default: the config's `max_reply_tokens`).
+        query: the user's request (may also be given later with `add_query`); refused when
+            over the budget (module docstring).
+        threshold: respond when p(respond) > threshold, finite in [0, 1] (default: the config's).
+        max_new_tokens: reply length cap, >= 1 (default: the config's `max_reply_tokens`).
         record_probs: keep every frame's (time, p) in `stats` (for timeline plots).
+
+    Raises:
+        SessionInputError: a threshold, cap or query out of range.
     """
 
     def __init__(
@@ -87,11 +144,14 @@ class StreamingSession:
         max_new_tokens: int | None = None,
         record_probs: bool = True,
     ):
+        threshold = check_threshold(model.config.gate_threshold if threshold is None else threshold)
+        max_new_tokens = check_max_new_tokens(model.config.max_reply_tokens if max_new_tokens is None else max_new_tokens)
+        check_query(processor, query, max_new_tokens)
         self.model = model.eval()
         self.processor = processor
         self.config = model.config
-        self.threshold = self.config.gate_threshold if threshold is None else threshold
-        self.max_new_tokens = self.config.max_reply_tokens if max_new_tokens is None else max_new_tokens
+        self.threshold = threshold
+        self.max_new_tokens = max_new_tokens
         self.record_probs = record_probs
         self.device = next(model.parameters()).device
         self.dtype = model.perception.pre_proj.weight.dtype
@@ -101,7 +161,9 @@ class StreamingSession:
     # ---- state ----------------------------------------------------------------------------
 
     def reset(self, query: str | None = None) -> None:
-        """Clear every piece of per-stream state (call between videos)."""
+        """Clear every piece of per-stream state (call between videos); `query` replaces the initial one."""
+        if query is not None:
+            check_query(self.processor, query, self.max_new_tokens)
         self.query = query if query is not None else self.initial_query
         self.perception_state = self.model.perception.init_state(1, device=self.device, dtype=self.dtype)
         self.memory: deque[tuple[float, torch.Tensor]] = deque(maxlen=self.config.max_turn_frames)
@@ -124,9 +186,15 @@ class StreamingSession:
 
         The gate's prompt becomes the new query; the current turn's frames are re-read into
         its cache (at most `gate_window`, so this is bounded work).
+
+        Raises:
+            SessionInputError: the query (with the queries still waiting for the next turn)
+                is over the budget; the session is left unchanged.
         """
+        pending = text if self.pending_user is None else f"{self.pending_user}\n{text}"
+        check_query(self.processor, pending, self.max_new_tokens)
         self.query = text
-        self.pending_user = text if self.pending_user is None else f"{self.pending_user}\n{text}"
+        self.pending_user = pending
         self.gate_cache = self._prefill_gate(text)
         for _, token in list(self.memory)[-self.config.gate_window :]:
             self.model.gate.step(token, self.gate_cache)
@@ -222,4 +290,4 @@ class StreamingSession:
         return self.processor.decode(generated)
 
 
-__all__ = ["Reply", "SessionStats", "StreamingSession"]
+__all__ = ["Reply", "SessionInputError", "SessionStats", "StreamingSession", "check_max_new_tokens", "check_query", "check_threshold"]
