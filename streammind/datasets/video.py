@@ -78,7 +78,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ..errors import UserError
+from streammind.errors import UserError
 
 try:
     import decord
