@@ -40,6 +40,9 @@ from typing import TYPE_CHECKING, Any
 from tqdm import tqdm
 
 from eval.score import write_markdown_table
+from streammind.atomic import atomic_write
+from streammind.atomic import write_json as _write_json
+from streammind.errors import ArgumentParser
 
 if TYPE_CHECKING:
     from eval.teacher_forced import TeacherForcedTask
@@ -123,11 +126,8 @@ def plot_filename(example_id: str) -> str:
 
 
 def write_json(obj: Any, path: str | Path) -> Path:
-    """Indented JSON (NaN refused), parent folders created."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    return path
+    """Indented JSON (NaN refused), parent folders created, written atomically."""
+    return _write_json(path, obj, allow_nan=False)
 
 
 def run_task(task: Task, model, processor, out_dir: str | Path, *, title: str | None = None) -> dict:
@@ -145,7 +145,8 @@ def run_task(task: Task, model, processor, out_dir: str | Path, *, title: str | 
     if duplicates:
         raise ValueError(f"{task.name}: examples share ids (give them distinct ids): {duplicates[:10]}")
     predictions, failures, empty = [], list(task.load_failures), []
-    with open(out / "predictions.jsonl", "w", encoding="utf-8") as handle:
+    # predictions.jsonl appears whole when every example has run (an earlier file stays until then).
+    with atomic_write(out / "predictions.jsonl") as handle:
         for example, example_id in zip(tqdm(examples, desc=task.name, unit="example"), ids):
             try:
                 prediction = {"id": example_id, **task.run(model, processor, example)}
@@ -266,7 +267,7 @@ def build_parser(
     `annotations_help=None` leaves --annotations out; `model_required=False` makes --model
     optional (the offline benchmarks re-score saved predictions without a model).
     """
-    parser = argparse.ArgumentParser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=model_required,
                         help="saved StreamMind directory (config, weights, tokenizer)" + ("" if model_required else "; not needed with --predictions"))
     parser.add_argument("--data-root", required=True, type=Path, help="directory the benchmark's videos (and default annotations) live under")
@@ -276,6 +277,8 @@ def build_parser(
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N examples")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--dtype", choices=_DTYPES, default="float32", help="weight dtype (default: %(default)s)")
+    parser.add_argument("--allow-partial-load", action="store_true",
+                        help="load a model whose weights lack some tensors (or hold extra ones); by default that is an error")
     if stream:
         parser.add_argument("--threshold", type=float, default=None, help="gate threshold: respond when p > threshold (default: the model config's)")
         parser.add_argument("--protocol", choices=PROTOCOLS, default="both", help="free-running, teacher-forced or both (default: %(default)s)")
@@ -291,7 +294,7 @@ def load_model_from_args(args: argparse.Namespace):
     from streammind import load_model
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return load_model(args.model, device=device, dtype=getattr(torch, args.dtype))
+    return load_model(args.model, device=device, dtype=getattr(torch, args.dtype), strict=not args.allow_partial_load)
 
 
 def apply_limit(items: Sequence, limit: int | None) -> list:

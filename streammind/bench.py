@@ -30,6 +30,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .atomic import write_text
+from .errors import ArgumentParser, run_command
+
 
 def _rss_mb() -> float:
     """Current resident set size in MB (Linux /proc), falling back to the peak."""
@@ -194,7 +197,7 @@ def _markdown(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="streammind bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="what", required=True)
     step = sub.add_parser("step", help="always-on per-frame cost over a long stream")
     step.add_argument("--preset", default="tiny", help="model preset (random weights)")
@@ -214,11 +217,10 @@ def main(argv: list[str] | None = None) -> dict:
     print(text)
     if args.out:
         out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.with_suffix(".json").write_text(text + "\n")
-        out.with_suffix(".md").write_text(_markdown(result))
+        write_text(out.with_suffix(".json"), text + "\n")
+        write_text(out.with_suffix(".md"), _markdown(result))
     return result
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_command("streammind bench", main))

@@ -50,6 +50,7 @@ import torch
 import yaml
 from transformers import AutoTokenizer, CLIPVisionModel, HfArgumentParser, Trainer, TrainingArguments, set_seed
 
+from .atomic import atomic_write
 from .builder import CheckpointError, build_from_parts, build_model, load_model, read_config, weight_files
 from .configuration import StreamMindConfig
 from .datasets.annotations import load_annotations
@@ -470,7 +471,7 @@ def main(argv: list[str] | None = None) -> str:
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     if args.process_index == 0:
-        with open(out / "run_config.yaml", "w") as f:
+        with atomic_write(out / "run_config.yaml") as f:
             yaml.safe_dump(resolved, f, sort_keys=True)
 
     model, processor = build(model_args, args.device)
