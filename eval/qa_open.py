@@ -72,6 +72,7 @@ import httpx
 
 from eval.common import setup_logging
 from eval.offline import OfflineTask, answer, build_offline_parser, evaluate, find_video, load_saved_predictions, model_for
+from eval.score import RecordError, read_records
 from streammind.atomic import atomic_write
 from streammind.errors import UserError, run_command
 
@@ -393,13 +394,12 @@ def load_activitynet(root: Path, video_dir: Path, questions: Path | None = None)
 
 
 def load_judgements(path: str | Path) -> dict[str, dict]:
-    """A judgements.jsonl of an earlier run, by id."""
+    """A judgements.jsonl of an earlier run, by id (a bad line raises RecordError naming ``file:line``)."""
     out = {}
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            if line.strip():
-                record = json.loads(line)
-                out[str(record["id"])] = record
+    for where, record in read_records(path):
+        if not isinstance(record, dict) or "id" not in record:
+            raise RecordError(f"{where}: expected a judgement object with an 'id'")
+        out[str(record["id"])] = record
     return out
 
 

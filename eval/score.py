@@ -65,10 +65,11 @@ class RecordError(UserError, ValueError):
 
 def load_jsonl(path: str | Path) -> list[dict]:
     """Read a JSON Lines file (blank lines skipped); a line that is not UTF-8 or not JSON names ``file:line``."""
-    return [record for _, record in _located(path)]
+    return [record for _, record in read_records(path)]
 
 
-def _located(path: str | Path) -> list[tuple[str, Any]]:
+def read_records(path: str | Path) -> list[tuple[str, Any]]:
+    """(``file:line``, parsed JSON) for each non-blank line; a line that is not UTF-8 or not JSON raises RecordError."""
     try:
         return list(read_jsonl(path))
     except AnnotationError as error:
@@ -123,12 +124,12 @@ def check_reference(record: Any, where: str) -> dict:
 
 def load_predictions(path: str | Path) -> list[dict]:
     """A predictions JSONL, every line checked (`check_prediction`)."""
-    return [check_prediction(record, where) for where, record in _located(path)]
+    return [check_prediction(record, where) for where, record in read_records(path)]
 
 
 def load_references(path: str | Path) -> list[dict]:
     """A references JSONL (canonical stream annotations), every line checked (`check_reference`)."""
-    return [check_reference(record, where) for where, record in _located(path)]
+    return [check_reference(record, where) for where, record in read_records(path)]
 
 
 def _reference_key(reference: Mapping) -> tuple[str, str]:

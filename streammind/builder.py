@@ -30,6 +30,7 @@ import struct
 from pathlib import Path
 
 import torch
+from huggingface_hub.errors import StrictDataclassError
 from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPVisionModel, PreTrainedTokenizerBase
 
 from .atomic import atomic_directory
@@ -174,8 +175,8 @@ def read_config(directory: str | os.PathLike) -> StreamMindConfig:
                               f"{'is' if len(unnamed) == 1 else 'are'} missing or without model_type (refusing to fill in the 7B defaults)")
     try:
         return StreamMindConfig.from_pretrained(directory)
-    except (ValueError, TypeError, KeyError) as exc:
-        raise CheckpointError(f"{path}: {exc}") from exc
+    except (ValueError, TypeError, KeyError, StrictDataclassError) as exc:
+        raise CheckpointError(f"{path}: {' '.join(str(exc).split())}") from exc
 
 
 def _safetensors_problem(path: Path) -> str | None:

@@ -65,6 +65,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from huggingface_hub.errors import StrictDataclassError
 from safetensors import safe_open
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPVisionConfig, CLIPVisionModel, MistralConfig, PreTrainedTokenizerBase
@@ -310,7 +311,7 @@ def text_config_from_source(source: dict, where: str = "config.json") -> Mistral
         )
     try:
         return MistralConfig(**{k: source[k] for k in _MISTRAL_FIELDS if k in source})
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, StrictDataclassError) as exc:
         raise ConversionError(f"{where}: not a usable Mistral config ({type(exc).__name__}: {' '.join(str(exc).split())[:300]})") from exc
 
 
