@@ -255,11 +255,7 @@ def _accepts(tp, value):
     if tp is float:
         return isinstance(value, (int, float)) and not isinstance(value, bool), value
     if tp is str:
-        if isinstance(value, str):
-            return True, value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return True, str(value)  # `run_name: 2024`
-        return False, None
+        return isinstance(value, str), value  # `run_name: "2024"` (quoted) for a string of digits
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
         return isinstance(value, (str, tp)), value  # the dataclass converts and checks the name
     return True, value
@@ -357,8 +353,13 @@ def _cli_to_dict(tokens: list[str]) -> dict:
     return out
 
 
-def validate_inputs(model_args: ModelArguments, data_args: DataArguments) -> None:
+def validate_inputs(model_args: ModelArguments, data_args: DataArguments, args: StreamMindTrainingArguments) -> None:
     """Check the files a run reads before any model is built (ConfigError / AnnotationError / CheckpointError)."""
+    if args.stage == 2 and model_args.init_from is None:
+        raise ConfigError("stage 2 starts from the stage-1 checkpoint: set init_from")
+    resume = args.resume_from_checkpoint
+    if resume not in (None, "auto") and (problem := checkpoint_problem(resume)) is not None:
+        raise ConfigError(f"{resume}: cannot resume from this checkpoint: {problem}")
     for name in ("train_annotations", "eval_annotations"):
         path = getattr(data_args, name)
         if path is not None:
@@ -463,10 +464,8 @@ def apply_lora(model, model_args: ModelArguments) -> None:
 def main(argv: list[str] | None = None) -> str:
     """Train one stage; returns the output directory (holding the final model)."""
     model_args, data_args, args, resolved = parse_args(argv)
-    validate_inputs(model_args, data_args)
+    validate_inputs(model_args, data_args, args)
     logging.basicConfig(level=logging.INFO if args.process_index == 0 else logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
-    if args.stage == 2 and model_args.init_from is None:
-        raise ConfigError("stage 2 starts from the stage-1 checkpoint: set init_from")
     set_seed(args.seed)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -499,8 +498,6 @@ def main(argv: list[str] | None = None) -> str:
     resume = args.resume_from_checkpoint
     if resume == "auto":
         resume = last_complete_checkpoint(out)
-    elif resume is not None and (problem := checkpoint_problem(resume)) is not None:
-        raise ConfigError(f"{resume}: cannot resume from this checkpoint: {problem}")
     result = trainer.train(resume_from_checkpoint=resume)
     if torch.cuda.is_available():
         logger.info("peak CUDA memory %.1f GiB (rank %d)", torch.cuda.max_memory_allocated() / 2**30, args.process_index)

@@ -24,13 +24,15 @@ def tree_checksums(root: Path) -> dict[str, str]:
     return {str(p.relative_to(root) if p != root else p.name): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
 
-def one_error_line(err: str, prog: str) -> str:
-    """The single stderr line of a reported error (asserts there is exactly one and no traceback)."""
+def one_error_line(err: str, prog: str, alone: bool = True) -> str:
+    """The stderr line of a reported error: no traceback, exactly one error line and it comes last;
+    `alone`: nothing else on stderr (False for commands that log progress first)."""
     lines = [line for line in err.strip().splitlines() if line.strip()]
     assert "Traceback" not in err, err
-    assert len(lines) == 1, err
-    assert lines[0].startswith(f"{prog}: error: "), err
-    return lines[0]
+    errors = [line for line in lines if line.startswith(f"{prog}: error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0], err
+    assert not alone or len(lines) == 1, err
+    return errors[0]
 
 
 @pytest.fixture(scope="session")
