@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -42,7 +43,7 @@ from tqdm import tqdm
 from eval.score import write_markdown_table
 from streammind.atomic import atomic_write
 from streammind.atomic import write_json as _write_json
-from streammind.errors import ArgumentParser
+from streammind.errors import ArgumentParser, UsageError
 
 if TYPE_CHECKING:
     from eval.teacher_forced import TeacherForcedTask
@@ -258,6 +259,13 @@ def run_stream_protocols(
 # ---------------------------------------------------------------------------------------
 
 
+def _probability(text: str) -> float:
+    value = float(text)
+    if not (math.isfinite(value) and 0 <= value <= 1):
+        raise argparse.ArgumentTypeError(f"must be a finite number in [0, 1], got {text}")
+    return value
+
+
 def build_parser(
     prog: str, description: str, *, annotations_help: str | None, stream: bool = True, model_required: bool = True
 ) -> argparse.ArgumentParser:
@@ -280,7 +288,8 @@ def build_parser(
     parser.add_argument("--allow-partial-load", action="store_true",
                         help="load a model whose weights lack some tensors (or hold extra ones); by default that is an error")
     if stream:
-        parser.add_argument("--threshold", type=float, default=None, help="gate threshold: respond when p > threshold (default: the model config's)")
+        parser.add_argument("--threshold", type=_probability, default=None,
+                            help="gate threshold in [0, 1]: respond when p > threshold (default: the model config's)")
         parser.add_argument("--protocol", choices=PROTOCOLS, default="both", help="free-running, teacher-forced or both (default: %(default)s)")
         parser.add_argument("--num-plots", type=int, default=8, help="timeline plots to draw per protocol (default: %(default)s)")
         parser.add_argument("--skip-meteor", action="store_true", help="do not run METEOR (it needs Java)")
@@ -300,7 +309,7 @@ def load_model_from_args(args: argparse.Namespace):
 def apply_limit(items: Sequence, limit: int | None) -> list:
     """The first `limit` items (all when None); a negative limit is an error."""
     if limit is not None and limit < 0:
-        raise ValueError(f"--limit must be >= 0, got {limit}")
+        raise UsageError(f"--limit must be >= 0, got {limit}")
     return list(items if limit is None else items[:limit])
 
 

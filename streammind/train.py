@@ -38,6 +38,7 @@ import enum
 import fnmatch
 import json
 import logging
+import math
 import re
 import sys
 import types
@@ -117,6 +118,12 @@ class DataArguments:
         metadata={"help": "Accept annotation video paths outside data_root (absolute, or escaping it with '..'); by default they are bad samples."},
     )
     feature_cache_dir: str | None = field(default=None, metadata={"help": "Cache pooled CLIP features here (only with a frozen tower)."})
+
+    def __post_init__(self):
+        if self.fps is not None and not (math.isfinite(self.fps) and self.fps > 0):
+            raise ValueError(f"fps must be a finite number > 0, got {self.fps}")
+        if self.on_bad_sample not in ("raise", "skip"):
+            raise ValueError(f"on_bad_sample must be 'raise' or 'skip', got {self.on_bad_sample!r}")
 
 
 @dataclass

@@ -124,18 +124,17 @@ def test_partial_load_is_an_explicit_opt_out(model_dir, images, tmp_path, capsys
     assert model.gate.head.weight.shape[0] == 2
 
 
-def test_debug_shows_the_traceback_through_the_real_entry_point(tmp_path, images):
+def test_debug_shows_the_traceback_through_the_real_entry_point(tmp_path, images, capsys):
     bad = tmp_path / "model"
     bad.mkdir()
     (bad / "config.json").write_text("{}")
+    argv = ["stream", str(images), "--model", str(bad)]
+    assert main(argv) == 2
+    plain = one_error_line(capsys.readouterr().err, PROG)
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "streammind.cli", "stream", str(images), "--model", str(bad)]
-    plain = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
-    assert plain.returncode == 2
-    one_error_line(plain.stderr, PROG)
-    debug = subprocess.run(command[:3] + ["--debug"] + command[3:], env=env, capture_output=True, text=True, timeout=120)
+    debug = subprocess.run([sys.executable, "-m", "streammind.cli", "--debug", *argv], env=env, capture_output=True, text=True, timeout=120)
     assert debug.returncode == 2 and "Traceback (most recent call last)" in debug.stderr and "CheckpointError" in debug.stderr
-    assert debug.stderr.strip().splitlines()[-1] == plain.stderr.strip()
+    assert debug.stderr.strip().splitlines()[-1] == plain
 
 
 def test_debug_environment_variable(tmp_path, images, capsys, monkeypatch):

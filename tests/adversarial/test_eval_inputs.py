@@ -66,6 +66,17 @@ def test_out_naming_a_directory_is_refused_before_scoring(tmp_path, capsys):
     assert one_error_line(capsys.readouterr().err, PROG, alone=False).endswith(f"{tmp_path}: --out names a directory; give a file path")
 
 
+@pytest.mark.parametrize("flags, expected", [(["--threshold", "nan"], "argument --threshold: must be a finite number in [0, 1], got nan"),
+                                             (["--limit", "-1"], "--limit must be >= 0, got -1")])
+def test_evaluator_flags_out_of_range(flags, expected, model_dir, small_world, tmp_path, capsys):
+    from eval import synthetic
+
+    argv = ["--model", str(model_dir), "--data-root", str(small_world), "--out", str(tmp_path / "out"), *flags]
+    assert run_command("python -m eval.synthetic", synthetic.main, argv) == 2
+    assert expected in one_error_line(capsys.readouterr().err, "python -m eval.synthetic", alone=False)
+    assert not (tmp_path / "out").exists()
+
+
 # ---------------------------------------------------------------------- the judge client
 
 

@@ -60,6 +60,8 @@ def _train(argv, capsys) -> tuple[int, str]:
     ({"trainable": "perception"}, "trainable must be a list (e.g. [a, b], or [a] for one item), got 'perception'"),
     ({"lora_target_modules": ["q_proj", 3]}, "lora_target_modules must be a list"),
     ({"output_dir": 2024}, "output_dir must be a string or null, got 2024"),
+    ({"fps": float("inf")}, "fps must be a finite number > 0, got inf"),
+    ({"on_bad_sample": "ignore"}, "on_bad_sample must be 'raise' or 'skip', got 'ignore'"),
 ])
 def test_yaml_values_of_the_wrong_type(overrides, expected, tmp_path, capsys, no_model):
     path = _yaml(tmp_path, **overrides)
@@ -80,6 +82,7 @@ def test_yaml_1_2_no_is_a_string_where_a_string_is_wanted(tmp_path):
     (["--lora", "no"], "--lora: lora must be true or false"),
     (["--num_train_epochs=lots"], "--num_train_epochs: num_train_epochs must be a number"),
     (["--trainable", "gate"], "--trainable: trainable must be a list"),
+    (["--fps", "inf"], "--fps: fps must be a number or null, got 'inf'"),
     (["--output_dir", "[unclosed"], "--output_dir: not a valid value '[unclosed'"),
     (["learning_rate", "1e-4"], "expected --key, got 'learning_rate'"),
 ])
