@@ -191,7 +191,7 @@ def stream(args: argparse.Namespace) -> int:
 
     from .builder import load_model, read_config
     from .runtime import Pacer, StdinQueries, StreamRunner, format_time, open_source
-    from .streaming import StreamingSession
+    from .streaming import SessionInputError, StreamingSession
 
     for path, flag in ((args.output, "--output"), (args.stats, "--stats")):
         if path:
@@ -208,8 +208,11 @@ def stream(args: argparse.Namespace) -> int:
     with _progress_bars(sys.stderr.isatty()):
         model, processor = load_model(model_dir, device=device, dtype=getattr(torch, args.dtype), strict=not args.allow_partial_load)
     # record_probs=False: the session keeps no per-frame history, so memory stays bounded.
-    session = StreamingSession(model, processor, query=args.query, threshold=args.threshold,
-                               max_new_tokens=args.max_new_tokens, record_probs=False)
+    try:
+        session = StreamingSession(model, processor, query=args.query, threshold=args.threshold,
+                                   max_new_tokens=args.max_new_tokens, record_probs=False)
+    except SessionInputError as exc:  # the flags were checked by the parser: what is left is the query
+        raise UserError(f"--query: {exc}") from exc
 
     with contextlib.ExitStack() as outputs:
         # Written to a temporary file beside --output and renamed when the stream ends (also on

@@ -352,7 +352,7 @@ def _cli_to_dict(tokens: list[str]) -> dict:
             value = tokens[i + 1]
             i += 2
         else:
-            raise ConfigError(f"--{name} needs a value (e.g. --{name} true); a bare flag is not accepted")
+            raise ConfigError(f"--{name} needs a value (--{name} VALUE or --{name}=VALUE; booleans too: --{name} true)")
         try:
             out[key] = _load_yaml(value)
         except yaml.YAMLError as exc:

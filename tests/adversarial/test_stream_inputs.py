@@ -70,7 +70,7 @@ def test_flags_out_of_range(flags, expected, model_dir, images, capsys):
 def test_query_over_the_budget_is_refused(model_dir, images, capsys):
     assert main(_stream(model_dir, images, "--query", LONG_QUERY)) == 2
     line = one_error_line(capsys.readouterr().err, PROG, alone=False)
-    assert "the query is too long:" in line and "max_context_tokens" in line, line
+    assert f"{PROG}: error: --query: the query is too long:" in line and "max_context_tokens" in line, line
 
 
 def test_session_checks_its_inputs(tiny):

@@ -77,7 +77,7 @@ def test_yaml_1_2_no_is_a_string_where_a_string_is_wanted(tmp_path):
 
 
 @pytest.mark.parametrize("flags, expected", [
-    (["--learning_rate"], "--learning_rate needs a value (e.g. --learning_rate true); a bare flag is not accepted"),
+    (["--learning_rate"], "--learning_rate needs a value (--learning_rate VALUE or --learning_rate=VALUE; booleans too"),
     (["--lora", "--learning_rate", "1e-4"], "--lora needs a value"),
     (["--lora", "no"], "--lora: lora must be true or false"),
     (["--num_train_epochs=lots"], "--num_train_epochs: num_train_epochs must be a number"),
