@@ -76,6 +76,7 @@ from pathlib import Path
 from eval.common import Failure, setup_logging, write_json
 from eval.offline import NearestMatcher, OfflineTask, answer, build_offline_parser, evaluate, find_video, model_for
 from eval.score import write_markdown_table
+from streammind.errors import run_command
 
 BENCHMARKS = ("step", "next", "task", "procedure", "taskprocedure")
 GRID_FPS = 2.0  # VideoLLM-online's frame rate: segment times are ceiled to its grid
@@ -369,4 +370,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_command("python -m eval.coin", main))

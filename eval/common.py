@@ -32,6 +32,7 @@ import argparse
 import contextlib
 import json
 import logging
+import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,6 +42,9 @@ from typing import TYPE_CHECKING, Any
 from tqdm import tqdm
 
 from eval.score import write_markdown_table
+from streammind.atomic import atomic_write
+from streammind.atomic import write_json as _write_json
+from streammind.errors import ArgumentParser, UsageError
 
 if TYPE_CHECKING:
     from eval.teacher_forced import TeacherForcedTask
@@ -124,11 +128,8 @@ def plot_filename(example_id: str) -> str:
 
 
 def write_json(obj: Any, path: str | Path) -> Path:
-    """Indented JSON (NaN refused), parent folders created."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    return path
+    """Indented JSON (NaN refused), parent folders created, written atomically."""
+    return _write_json(path, obj, allow_nan=False)
 
 
 def run_task(task: Task, model, processor, out_dir: str | Path, *, title: str | None = None) -> dict:
@@ -146,7 +147,8 @@ def run_task(task: Task, model, processor, out_dir: str | Path, *, title: str | 
     if duplicates:
         raise ValueError(f"{task.name}: examples share ids (give them distinct ids): {duplicates[:10]}")
     predictions, failures, empty = [], list(task.load_failures), []
-    with open(out / "predictions.jsonl", "w", encoding="utf-8") as handle:
+    # predictions.jsonl appears whole when every example has run (an earlier file stays until then).
+    with atomic_write(out / "predictions.jsonl") as handle:
         for example, example_id in zip(tqdm(examples, desc=task.name, unit="example"), ids):
             try:
                 prediction = {"id": example_id, **task.run(model, processor, example)}
@@ -258,6 +260,13 @@ def run_stream_protocols(
 # ---------------------------------------------------------------------------------------
 
 
+def _probability(text: str) -> float:
+    value = float(text)
+    if not (math.isfinite(value) and 0 <= value <= 1):
+        raise argparse.ArgumentTypeError(f"must be a finite number in [0, 1], got {text}")
+    return value
+
+
 def build_parser(
     prog: str, description: str, *, annotations_help: str | None, stream: bool = True, model_required: bool = True
 ) -> argparse.ArgumentParser:
@@ -267,7 +276,7 @@ def build_parser(
     `annotations_help=None` leaves --annotations out; `model_required=False` makes --model
     optional (the offline benchmarks re-score saved predictions without a model).
     """
-    parser = argparse.ArgumentParser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=model_required,
                         help="saved StreamMind directory (config, weights, tokenizer)" + ("" if model_required else "; not needed with --predictions"))
     parser.add_argument("--data-root", required=True, type=Path, help="directory the benchmark's videos (and default annotations) live under")
@@ -277,8 +286,11 @@ def build_parser(
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N examples")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--dtype", choices=_DTYPES, default="float32", help="weight dtype (default: %(default)s)")
+    parser.add_argument("--allow-partial-load", action="store_true",
+                        help="load a model whose weights lack some tensors (or hold extra ones); by default that is an error")
     if stream:
-        parser.add_argument("--threshold", type=float, default=None, help="gate threshold: respond when p > threshold (default: the model config's)")
+        parser.add_argument("--threshold", type=_probability, default=None,
+                            help="gate threshold in [0, 1]: respond when p > threshold (default: the model config's)")
         parser.add_argument("--protocol", choices=PROTOCOLS, default="both", help="free-running, teacher-forced or both (default: %(default)s)")
         parser.add_argument("--num-plots", type=int, default=8, help="timeline plots to draw per protocol (default: %(default)s)")
         parser.add_argument("--skip-meteor", action="store_true", help="do not run METEOR (it needs Java)")
@@ -311,7 +323,7 @@ def load_model_from_args(args: argparse.Namespace):
     key = (str(args.model), device, args.dtype)
     if _loaded_models is not None and key in _loaded_models:
         return _loaded_models[key]
-    loaded = load_model(args.model, device=device, dtype=getattr(torch, args.dtype))
+    loaded = load_model(args.model, device=device, dtype=getattr(torch, args.dtype), strict=not args.allow_partial_load)
     if _loaded_models is not None:
         _loaded_models[key] = loaded
     return loaded
@@ -320,7 +332,7 @@ def load_model_from_args(args: argparse.Namespace):
 def apply_limit(items: Sequence, limit: int | None) -> list:
     """The first `limit` items (all when None); a negative limit is an error."""
     if limit is not None and limit < 0:
-        raise ValueError(f"--limit must be >= 0, got {limit}")
+        raise UsageError(f"--limit must be >= 0, got {limit}")
     return list(items if limit is None else items[:limit])
 
 

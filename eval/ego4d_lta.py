@@ -59,6 +59,8 @@ from pathlib import Path
 
 from eval.common import setup_logging
 from eval.offline import NearestMatcher, OfflineTask, answer_beams, build_offline_parser, evaluate, find_video, levenshtein, model_for
+from streammind.atomic import write_text
+from streammind.errors import run_command
 
 NUM_OBSERVED = 8
 NUM_FUTURE = 20  # Z
@@ -296,7 +298,7 @@ class Ego4DLTATask(OfflineTask):
             if "error" not in record:
                 beams = self.predicted_labels(record)
                 submission[record["id"]] = {"verb": [[v for v, _ in b] for b in beams], "noun": [[n for _, n in b] for b in beams]}
-        (Path(out_dir) / f"{self.split}_predictions.json").write_text(json.dumps(submission) + "\n", encoding="utf-8")
+        write_text(Path(out_dir) / f"{self.split}_predictions.json", json.dumps(submission) + "\n")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -319,4 +321,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_command("python -m eval.ego4d_lta", main))

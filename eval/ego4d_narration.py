@@ -33,9 +33,10 @@ from pathlib import Path
 
 from eval.common import Failure, apply_limit, build_parser, load_model_from_args, run_stream_protocols, setup_logging
 from eval.teacher_forced import TeacherForcedTask
-from streammind import StreamMindConfig
+from streammind.builder import read_config
 from streammind.datasets.annotations import AnnotationError, StreamAnnotation, load_annotations
 from streammind.datasets.converters import EGO4D_QUERY, EGO4D_VIDEO_TEMPLATE, convert_ego4d
+from streammind.errors import run_command
 
 
 class Ego4DNarration(TeacherForcedTask):
@@ -93,16 +94,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging()
     path = args.annotations or args.data_root / f"narration_stream_{args.split}.json"
-    try:
-        records, failures = load_narration_records(
-            path,
-            fps=args.grid_fps or StreamMindConfig.from_pretrained(args.model).frames_per_second,
-            query=args.query,
-            video_template=args.video_template,
-            first_pass_only=args.first_pass_only,
-        )
-    except AnnotationError as error:
-        parser.exit(2, f"error: {error}\n")
+    records, failures = load_narration_records(
+        path,
+        fps=args.grid_fps or read_config(args.model).frames_per_second,
+        query=args.query,
+        video_template=args.video_template,
+        first_pass_only=args.first_pass_only,
+    )
     model, processor = load_model_from_args(args)
     task = Ego4DNarration(
         apply_limit(records, args.limit), args.data_root, threshold=args.threshold, num_plots=args.num_plots, load_failures=failures
@@ -112,4 +110,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_command("python -m eval.ego4d_narration", main))

@@ -47,7 +47,6 @@ their main metric and also report the metric over the examples that ran.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -57,6 +56,7 @@ import numpy as np
 import torch
 
 from eval.common import EvalFailure, Task, apply_limit, build_parser, load_model_from_args, run_task
+from eval.score import RecordError, read_records
 from streammind.datasets.video import VideoDecodeError, probe_video, read_video
 from streammind.engine import Engine
 
@@ -450,18 +450,17 @@ class SavedPredictions(Task):
 
 
 def load_saved_predictions(paths: Sequence[str | Path]) -> dict[str, dict]:
-    """Records of one or more predictions.jsonl files (e.g. shards) by id; a repeated id fails."""
+    """Records of one or more predictions.jsonl files (e.g. shards) by id; a bad line or a repeated id
+    fails with `RecordError` naming ``file:line``."""
     saved: dict[str, dict] = {}
     for path in paths:
-        with open(path, encoding="utf-8") as handle:
-            for line_number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                record = json.loads(line)
-                key = str(record["id"])
-                if key in saved:
-                    raise ValueError(f"{path}:{line_number}: id {key!r} appears twice in the saved predictions")
-                saved[key] = record
+        for where, record in read_records(path):
+            if not isinstance(record, dict) or "id" not in record:
+                raise RecordError(f"{where}: expected a prediction object with an 'id'")
+            key = str(record["id"])
+            if key in saved:
+                raise RecordError(f"{where}: id {key!r} appears twice in the saved predictions")
+            saved[key] = record
     return saved
 
 

@@ -60,6 +60,8 @@ from pathlib import Path
 from eval.common import load_model_from_args, reuse_loaded_models, setup_logging, write_json
 from eval.qa_mc import MVBENCH_TASKS
 from eval.qa_open import JudgeConfig, JudgeConfigError
+from streammind.atomic import write_text
+from streammind.errors import run_command
 
 logger = logging.getLogger(__name__)
 
@@ -234,18 +236,18 @@ def _one_line(text: str) -> str:
 
 
 def _run_main(module_name: str, argv: list[str]) -> None:
-    """Run `module.main(argv)`; any failure (SystemExit with a non-zero status included) raises RuntimeError with one line."""
+    """Run `module.main(argv)` under the commands' error convention; a non-zero exit status (a
+    reported error, or SystemExit) raises RuntimeError with the command's last error line."""
     tail = _Tail(sys.stderr)
     try:
         with contextlib.redirect_stderr(tail):
-            status = importlib.import_module(module_name).main(argv)
-    except SystemExit as exit_:
-        if exit_.code in (0, None):
-            return
-        lines = [line for line in tail.text.splitlines() if line.strip()]
-        raise RuntimeError(_one_line(lines[-1]) if lines else f"exited with status {exit_.code}") from None
-    if status not in (0, None):
-        raise RuntimeError(f"exited with status {status}")
+            status = run_command(f"python -m {module_name}", importlib.import_module(module_name).main, argv)
+    except SystemExit as exit_:  # argparse's --help and version actions exit 0
+        status = exit_.code
+    if status in (0, None):
+        return
+    lines = [line for line in tail.text.splitlines() if line.strip()]
+    raise RuntimeError(_one_line(lines[-1]) if lines else f"exited with status {status}")
 
 
 def run_benchmark(benchmark: Benchmark, data_root: Path, out: Path, common: list[str], *, judge: bool) -> dict:
@@ -318,6 +320,8 @@ def run_suite(args: argparse.Namespace) -> dict:
     common = ["--model", str(args.model), "--dtype", args.dtype]
     if args.device:
         common += ["--device", args.device]
+    if args.allow_partial_load:
+        common.append("--allow-partial-load")
     for flag, value in (("--limit", args.limit), ("--num-frames", args.num_frames), ("--fps", args.fps),
                         ("--max-new-tokens", args.max_new_tokens)):
         if value is not None:
@@ -330,7 +334,7 @@ def run_suite(args: argparse.Namespace) -> dict:
             records.append(run_benchmark(benchmark, args.data_root, args.out, common, judge=judge is not None))
     summary = {"data_root": str(args.data_root), "model": str(args.model), "judge": judge, "benchmarks": records}
     write_json(summary, args.out / "summary.json")
-    (args.out / "summary.md").write_text(render_markdown(summary), encoding="utf-8")
+    write_text(args.out / "summary.md", render_markdown(summary))
     return summary
 
 
@@ -356,6 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fps", type=float, default=None, help="fixed-rate frame grid instead of uniform sampling")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="decoding cap (default: each benchmark's)")
     parser.add_argument("--skip-judge", action="store_true", help="answer the judged benchmarks without judging them")
+    parser.add_argument("--allow-partial-load", action="store_true",
+                        help="load a model whose weights lack some tensors (or hold extra ones); by default that is an error")
     return parser
 
 

@@ -65,6 +65,8 @@ from pathlib import Path
 
 from eval.common import setup_logging
 from eval.offline import OfflineTask, answer, build_offline_parser, evaluate, find_video, model_for
+from streammind.atomic import write_text
+from streammind.errors import run_command
 
 DATASETS = ("mvbench", "videomme", "egoschema", "perceptiontest")
 LETTERS = string.ascii_uppercase
@@ -362,7 +364,7 @@ class MultipleChoiceTask(OfflineTask):
         for record in predictions:
             choice = None if "error" in record else parse_choice(record["prediction"], options[record["id"]])
             lines.append(f"{record['id']},{-1 if choice is None else choice}")
-        (Path(out_dir) / "egoschema_submission.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        write_text(Path(out_dir) / "egoschema_submission.csv", "\n".join(lines) + "\n")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -383,4 +385,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_command("python -m eval.qa_mc", main))

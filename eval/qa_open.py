@@ -31,7 +31,11 @@ original's QA scripts).
 Judge: any OpenAI-compatible chat-completions endpoint, configured only by environment
 variables: STREAMMIND_JUDGE_BASE_URL (e.g. https://api.openai.com/v1; requests go to
 <base>/chat/completions), STREAMMIND_JUDGE_MODEL, and OPENAI_API_KEY (sent as a bearer
-token when set; never logged or written). Plain urllib, no client library. The prompt is
+token when set; never logged or written). Requests go through httpx. Redirects are
+followed only within the endpoint's own origin (scheme, host and port) and only as 307 /
+308 (which keep the POST); a redirect anywhere else is refused before anything is sent
+there (`JudgeConfigError`: point STREAMMIND_JUDGE_BASE_URL at the final endpoint), so the
+key never reaches another host. The prompt is
 ours: it asks whether the prediction matches the correct answer and for an integer score
 0-5, as one JSON object {"match": "yes"|"no", "score": n}. Temperature 0 by default (the
 original used 0.7). Network errors, timeouts, HTTP 408/409/425/429 and 5xx, and malformed
@@ -59,16 +63,19 @@ import logging
 import os
 import re
 import time
-import urllib.error
-import urllib.request
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
+
 from eval.common import setup_logging
 from eval.offline import OfflineTask, answer, build_offline_parser, evaluate, find_video, load_saved_predictions, model_for
+from eval.score import RecordError, read_records
+from streammind.atomic import atomic_write
+from streammind.errors import UserError, run_command
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +103,7 @@ JUDGE_USER = (
 # ---------------------------------------------------------------------------------------
 
 
-class JudgeConfigError(RuntimeError):
+class JudgeConfigError(UserError, RuntimeError):
     """The judge is not configured, or the endpoint refuses us (bad URL, model or key)."""
 
 
@@ -200,6 +207,21 @@ class JudgeConfig:
 
 _RETRY_STATUS = {408, 409, 425, 429}
 _FATAL_STATUS = {401, 403, 404}
+# Same-origin redirects followed per request (307 / 308 only: they keep the method and body).
+_MAX_REDIRECTS = 5
+
+
+class JudgeHTTPError(Exception):
+    """The endpoint answered with an HTTP error status."""
+
+    def __init__(self, code: int, reason: str, retry_after: str | None = None):
+        super().__init__(f"HTTP {code} {reason}")
+        self.code, self.reason, self.retry_after = code, reason, retry_after
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    """(scheme, host, port) with the scheme's default port filled in."""
+    return url.scheme, url.host, url.port or {"http": 80, "https": 443}.get(url.scheme)
 
 
 class Judge:
@@ -209,14 +231,42 @@ class Judge:
         self.config = config
 
     def _post(self, payload: dict) -> dict:
-        """One request; raises urllib errors as they come."""
+        """One request (following same-origin 307/308 redirects); returns the decoded JSON body.
+
+        Raises:
+            JudgeHTTPError: an HTTP error status.
+            JudgeConfigError: a redirect to another origin or with another status (not followed).
+            httpx.TransportError, json.JSONDecodeError: as they come.
+        """
         headers = {"Content-Type": "application/json"}
         if self.config.api_key:
             headers["Authorization"] = f"Bearer {self.config.api_key}"
-        request = urllib.request.Request(f"{self.config.base_url}/chat/completions", data=json.dumps(payload).encode("utf-8"),
-                                         headers=headers, method="POST")
-        with urllib.request.urlopen(request, timeout=self.config.timeout_s) as response:
-            return json.loads(response.read().decode("utf-8"))
+        url = httpx.URL(f"{self.config.base_url}/chat/completions")
+        origin = _origin(url)
+        body = json.dumps(payload).encode("utf-8")
+        with httpx.Client(timeout=self.config.timeout_s, follow_redirects=False) as client:
+            for _ in range(_MAX_REDIRECTS + 1):
+                response = client.post(url, content=body, headers=headers)
+                if not response.is_redirect:
+                    break
+                target = url.join(response.headers["location"])
+                if _origin(target) != origin:
+                    raise JudgeConfigError(
+                        f"the judge endpoint {self.config.base_url} redirects to another host ({target.scheme}://{target.host}"
+                        f"{f':{target.port}' if target.port else ''}); refused, the request and its credentials stay with "
+                        f"the configured host: set {ENV_BASE_URL} to the final endpoint"
+                    )
+                if response.status_code not in (307, 308):
+                    raise JudgeConfigError(
+                        f"the judge endpoint answered HTTP {response.status_code} (a redirect that turns the POST into a GET) "
+                        f"to {target}: set {ENV_BASE_URL} to the final endpoint"
+                    )
+                url = target
+            else:
+                raise JudgeError(f"more than {_MAX_REDIRECTS} redirects from {self.config.base_url}")
+            if response.status_code >= 400:
+                raise JudgeHTTPError(response.status_code, response.reason_phrase, response.headers.get("Retry-After"))
+            return json.loads(response.content.decode("utf-8"))
 
     def _delay(self, attempt: int, retry_after: str | None) -> float:
         if retry_after:
@@ -244,7 +294,7 @@ class Judge:
         on an unusable reply, retried like a transient error); returns (parsed, raw reply text).
 
         Raises:
-            JudgeConfigError: HTTP 401/403/404 (fix the configuration).
+            JudgeConfigError: HTTP 401/403/404, or a redirect to another host (fix the configuration).
             JudgeError: still failing after `max_attempts`.
         """
         payload = {
@@ -260,18 +310,18 @@ class Judge:
                 body = self._post(payload)
                 content = body["choices"][0]["message"]["content"] or ""
                 return parse(content), content
-            except urllib.error.HTTPError as error:
+            except JudgeHTTPError as error:
                 if error.code in _FATAL_STATUS:
                     raise JudgeConfigError(
                         f"the judge endpoint answered HTTP {error.code} {error.reason} for {self.config.base_url} "
                         f"(model {self.config.model!r}): check {ENV_BASE_URL}, {ENV_MODEL} and {ENV_API_KEY}"
                     ) from None
                 if error.code not in _RETRY_STATUS and error.code < 500:
-                    raise JudgeError(f"HTTP {error.code} {error.reason}") from None
-                last_error, retry_after = f"HTTP {error.code} {error.reason}", error.headers.get("Retry-After")
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
-                last_error = f"{type(error).__name__}: {getattr(error, 'reason', error)}"
-            except (json.JSONDecodeError, KeyError, IndexError, TypeError) as error:
+                    raise JudgeError(str(error)) from None
+                last_error, retry_after = str(error), error.retry_after
+            except (httpx.TransportError, TimeoutError, ConnectionError) as error:
+                last_error = f"{type(error).__name__}: {error}"
+            except (json.JSONDecodeError, UnicodeDecodeError, KeyError, IndexError, TypeError) as error:
                 last_error = f"malformed response body ({type(error).__name__})"
             except JudgeResponseError as error:
                 last_error = str(error)
@@ -356,13 +406,12 @@ def load_activitynet(root: Path, video_dir: Path, questions: Path | None = None)
 
 
 def load_judgements(path: str | Path) -> dict[str, dict]:
-    """A judgements.jsonl of an earlier run, by id."""
+    """A judgements.jsonl of an earlier run, by id (a bad line raises RecordError naming ``file:line``)."""
     out = {}
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            if line.strip():
-                record = json.loads(line)
-                out[str(record["id"])] = record
+    for where, record in read_records(path):
+        if not isinstance(record, dict) or "id" not in record:
+            raise RecordError(f"{where}: expected a judgement object with an 'id'")
+        out[str(record["id"])] = record
     return out
 
 
@@ -521,7 +570,7 @@ class OpenQATask(OfflineTask):
 
     def after_run(self, predictions: Sequence[Mapping], out_dir: Path) -> None:
         """judgements.jsonl (one line per judged answer, failures with "error"); stops the request pool."""
-        with open(Path(out_dir) / "judgements.jsonl", "w", encoding="utf-8") as handle:
+        with atomic_write(Path(out_dir) / "judgements.jsonl") as handle:
             for verdict in self.judgements.values():
                 handle.write(json.dumps(verdict, ensure_ascii=False) + "\n")
         if self._pool is not None:
@@ -552,11 +601,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="seconds before the first retry, doubled each time (default: %(default)s)")
     args = parser.parse_args(argv)
     setup_logging()
-    try:  # a missing judge configuration fails before any time is spent on the model
-        judge = None if args.skip_judge else Judge(JudgeConfig.from_env(
-            temperature=args.judge_temperature, max_attempts=args.judge_attempts, backoff_s=args.judge_backoff))
-    except JudgeConfigError as error:
-        parser.exit(2, f"error: {error}\n")
+    # A missing judge configuration (JudgeConfigError) fails before any time is spent on the model.
+    judge = None if args.skip_judge else Judge(JudgeConfig.from_env(
+        temperature=args.judge_temperature, max_attempts=args.judge_attempts, backoff_s=args.judge_backoff))
     model, processor = model_for(args, parser)
     task = OpenQATask(args.dataset, args.data_root, judge=judge, questions=args.annotations, video_dir=args.video_dir,
                       judge_workers=args.judge_workers, rejudge=args.rejudge,
@@ -571,4 +618,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_command("python -m eval.qa_open", main))

@@ -10,6 +10,11 @@ Inputs (JSON Lines):
 - references, the canonical stream annotation (SPEC §6):
   {"video": ..., "query": ..., "turns": [{"time": s, "text": str}], "id": optional}
 
+Both files are checked line by line when read (`load_predictions`, `load_references`): a
+line that is not UTF-8 or not JSON, or a record of the wrong shape (a reply without a
+finite "time", a reference that breaks the stream-annotation rules, ...) is an error naming
+`file:line`, reported by the command as one line (exit status 2).
+
 A reference is matched to the prediction with the same "id" when the reference has an
 "id", otherwise to the prediction with the same "video". Nothing is dropped silently:
 - a reference without a prediction is scored as a video with no replies and listed under
@@ -29,11 +34,11 @@ rendering written by `write_markdown_table`, which evaluators reuse.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
+import math
 from collections import Counter
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from eval.metrics import (
     DEFAULT_TOLERANCES,
@@ -44,6 +49,9 @@ from eval.metrics import (
     match_events,
     score_stream_video,
 )
+from streammind.atomic import write_json, write_text
+from streammind.datasets.annotations import AnnotationError, StreamAnnotation, read_jsonl
+from streammind.errors import ArgumentParser, UserError, run_command
 
 logger = logging.getLogger(__name__)
 
@@ -51,18 +59,77 @@ logger = logging.getLogger(__name__)
 _MAX_LISTED = 10
 
 
+class RecordError(UserError, ValueError):
+    """A predictions or references line of the wrong shape (the message names ``file:line``)."""
+
+
 def load_jsonl(path: str | Path) -> list[dict]:
-    """Read a JSON Lines file (blank lines skipped); errors name the line."""
-    records = []
-    with open(path, encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{line_number}: invalid JSON ({error.msg})") from error
-    return records
+    """Read a JSON Lines file (blank lines skipped); a line that is not UTF-8 or not JSON names ``file:line``."""
+    return [record for _, record in read_records(path)]
+
+
+def read_records(path: str | Path) -> list[tuple[str, Any]]:
+    """(``file:line``, parsed JSON) for each non-blank line; a line that is not UTF-8 or not JSON raises RecordError."""
+    try:
+        return list(read_jsonl(path))
+    except AnnotationError as error:
+        raise RecordError(str(error)) from error
+
+
+def _finite(value: Any) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def check_prediction(record: Any, where: str) -> dict:
+    """One prediction record (module docstring); returns it, or raises RecordError naming `where`."""
+    if not isinstance(record, dict):
+        raise RecordError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    if "id" not in record and "video" not in record:
+        raise RecordError(f"{where}: a prediction needs an 'id' or a 'video'")
+    error = record.get("error")
+    if error is not None and not isinstance(error, str):
+        raise RecordError(f"{where}: 'error' must be a string, got {type(error).__name__}")
+    if "replies" not in record:
+        if not error:
+            raise RecordError(f"{where}: a prediction needs 'replies' (or an 'error')")
+        return record
+    replies = record["replies"]
+    if not isinstance(replies, list):
+        raise RecordError(f"{where}: 'replies' must be a list, got {type(replies).__name__}")
+    for k, reply in enumerate(replies):
+        if not isinstance(reply, dict):
+            raise RecordError(f"{where}: reply {k}: expected an object with 'time' and 'text', got {type(reply).__name__}")
+        if not _finite(reply.get("time")):
+            raise RecordError(f"{where}: reply {k}: 'time' must be a finite number of seconds, got {reply.get('time')!r}")
+        if "text" not in reply or not (reply["text"] is None or isinstance(reply["text"], str)):
+            raise RecordError(f"{where}: reply {k}: 'text' must be a string (or null), got {reply.get('text')!r}")
+        if "prob" in reply and reply["prob"] is not None and not _finite(reply["prob"]):
+            raise RecordError(f"{where}: reply {k}: 'prob' must be a finite number, got {reply['prob']!r}")
+    return record
+
+
+def check_reference(record: Any, where: str) -> dict:
+    """One reference record: a canonical stream annotation; returns it, or raises RecordError naming `where`."""
+    try:
+        StreamAnnotation.from_dict(record, where)
+    except AnnotationError as error:
+        raise RecordError(str(error)) from error
+    return record
+
+
+def load_predictions(path: str | Path) -> list[dict]:
+    """A predictions JSONL, every line checked (`check_prediction`)."""
+    return [check_prediction(record, where) for where, record in read_records(path)]
+
+
+def load_references(path: str | Path) -> list[dict]:
+    """A references JSONL (canonical stream annotations), every line checked (`check_reference`)."""
+    return [check_reference(record, where) for where, record in read_records(path)]
 
 
 def _reference_key(reference: Mapping) -> tuple[str, str]:
@@ -278,10 +345,7 @@ def write_markdown_table(metrics: Mapping, path: str | Path, *, title: str = "Me
         if isinstance(value, Mapping):
             rows = [[name, _format_value(item)] for name, item in _flatten(value)]
             lines += [f"## {key}", ""] + _table(["key", "value"], rows) + [""]
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines).rstrip("\n") + "\n", encoding="utf-8")
-    return path
+    return write_text(path, "\n".join(lines).rstrip("\n") + "\n")
 
 
 # ---------------------------------------------------------------------------------------
@@ -289,11 +353,12 @@ def write_markdown_table(metrics: Mapping, path: str | Path, *, title: str = "Me
 # ---------------------------------------------------------------------------------------
 
 
+PROG = "python -m eval.score"
+
+
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """Command-line arguments."""
-    parser = argparse.ArgumentParser(
-        prog="python -m eval.score", description=__doc__.split("\n\n")[0]
-    )
+    parser = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--predictions", required=True, help="predictions JSONL, one line per video"
     )
@@ -322,17 +387,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Score a predictions file and write the metrics JSON (and optionally a table)."""
     args = _parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for path, flag in ((args.out, "--out"), (args.table, "--table")):
+        if path is not None and Path(path).is_dir():
+            raise UserError(f"{path}: {flag} names a directory; give a file path")
     metrics = score_predictions(
-        predictions=load_jsonl(args.predictions),
-        references=load_jsonl(args.references),
+        predictions=load_predictions(args.predictions),
+        references=load_references(args.references),
         tolerances=args.tolerances,
         trigger_tolerance=args.trigger_tolerance,
         caption_tolerance=args.caption_tolerance,
         use_meteor=not args.skip_meteor,
     )
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    out = write_json(args.out, metrics, allow_nan=False)
     logger.info("wrote %s", out)
     if args.table:
         table = write_markdown_table(metrics, args.table, title="Free-running streaming metrics")
@@ -347,4 +413,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_command(PROG, main))

@@ -38,6 +38,7 @@ from eval.common import Failure, apply_limit, build_parser, load_model_from_args
 from eval.teacher_forced import TeacherForcedTask
 from streammind.datasets.annotations import AnnotationError, StreamAnnotation, load_annotations
 from streammind.datasets.converters import SOCCER_LABELS_NAME, SOCCER_QUERY, SOCCER_VIDEO_TEMPLATE, convert_soccernet_tree
+from streammind.errors import run_command
 
 
 class SoccerNetCommentary(TeacherForcedTask):
@@ -88,16 +89,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--labels-name", default=SOCCER_LABELS_NAME, help="caption file name (default: %(default)s)")
     args = parser.parse_args(argv)
     setup_logging()
-    try:
-        records, failures = load_commentary_records(
-            args.annotations or args.data_root,
-            halves=args.halves,
-            query=args.query,
-            video_template=args.video_template,
-            labels_name=args.labels_name,
-        )
-    except AnnotationError as error:
-        parser.exit(2, f"error: {error}\n")
+    records, failures = load_commentary_records(
+        args.annotations or args.data_root,
+        halves=args.halves,
+        query=args.query,
+        video_template=args.video_template,
+        labels_name=args.labels_name,
+    )
     model, processor = load_model_from_args(args)
     task = SoccerNetCommentary(
         apply_limit(records, args.limit), args.data_root, threshold=args.threshold, num_plots=args.num_plots, load_failures=failures
@@ -107,4 +105,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_command("python -m eval.soccernet", main))

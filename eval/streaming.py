@@ -27,9 +27,10 @@ from tqdm import tqdm
 from eval.common import plot_filename
 from eval.plots import plot_timeline
 from eval.score import score_predictions, write_markdown_table
+from streammind.atomic import atomic_write, write_json
 from streammind.datasets.annotations import StreamAnnotation
 from streammind.datasets.video import VideoDecodeError, iter_frames
-from streammind.streaming import StreamingSession, push_clip_chunks
+from streammind.streaming import SessionInputError, StreamingSession, push_clip_chunks
 
 logger = logging.getLogger(__name__)
 
@@ -45,13 +46,19 @@ def _window(frames, start: float | None, end: float | None):
 
 
 def stream_record(session: StreamingSession, record: StreamAnnotation, data_root: Path, fps: float, on_reply=None) -> dict:
-    """Run one video through the session; returns its prediction record.
+    """Run one video through the session; returns its prediction record (with an "error" when the
+    video fails or the session refuses the query, e.g. one over the LLM budget).
 
     The whole video is known ahead, so the session takes it a chunk of frames at a time
     (`StreamingSession.push_clip`: the results of frame-by-frame streaming, several times faster).
     """
-    session.reset(query=record.query)
     replies, error = [], None
+    try:
+        session.reset(query=record.query)
+    except SessionInputError as e:
+        logger.warning("video %s: query refused: %s", record.video, e)
+        return {"id": record.id or record.video, "video": record.video, "query": record.query, "replies": [],
+                "frame_times": [], "frame_probs": [], "skipped_frames": 0, "error": f"query refused: {e}"}
     frames = iter_frames(data_root / record.video, fps=fps)
 
     def collect(reply) -> None:
@@ -112,7 +119,7 @@ def run_free_running(
     fps = fps or model.config.frames_per_second
     session = StreamingSession(model, processor, threshold=threshold)
     predictions = []
-    with open(out / "predictions.jsonl", "w") as f:
+    with atomic_write(out / "predictions.jsonl") as f:
         for record in tqdm(records, desc="streaming", unit="video"):
             pred = stream_record(session, record, data_root, fps)
             predictions.append(pred)
@@ -124,8 +131,7 @@ def run_free_running(
     metrics["headline"] = headline(metrics)
     metrics["threshold"] = session.threshold
     metrics["fps"] = fps
-    with open(out / "metrics.json", "w") as f:
-        json.dump(metrics, f, indent=2)
+    write_json(out / "metrics.json", metrics)
     write_markdown_table({k: v for k, v in metrics.items() if k != "per_video"}, out / "metrics.md", title="Free-running streaming")
     for pred, rec in list(zip(predictions, records))[:num_plots]:
         plot_timeline(pred["frame_times"], pred["frame_probs"], session.threshold, [t.time for t in rec.turns],

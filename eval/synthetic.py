@@ -22,7 +22,8 @@ from collections.abc import Sequence
 
 from eval.common import apply_limit, build_parser, load_model_from_args, run_stream_protocols, setup_logging
 from eval.teacher_forced import TeacherForcedTask
-from streammind.datasets.annotations import AnnotationError, load_annotations
+from streammind.datasets.annotations import load_annotations
+from streammind.errors import UserError, run_command
 
 
 class SyntheticWorld(TeacherForcedTask):
@@ -43,11 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging()
     path = args.annotations or args.data_root / f"{args.split}.jsonl"
     if not path.is_file():
-        parser.error(f"{path} not found; generate a world with `python -m streammind.world {args.data_root}`")
-    try:
-        records = apply_limit(load_annotations(path), args.limit)
-    except AnnotationError as error:
-        parser.exit(2, f"error: {error}\n")
+        raise UserError(f"{path}: not found; generate a world with `python -m streammind.world {args.data_root}`")
+    records = apply_limit(load_annotations(path), args.limit)
     model, processor = load_model_from_args(args)
     task = SyntheticWorld(records, args.data_root, threshold=args.threshold, num_plots=args.num_plots)
     run_stream_protocols(task, model, processor, args.out, protocol=args.protocol, use_meteor=not args.skip_meteor)
@@ -55,4 +53,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_command("python -m eval.synthetic", main))

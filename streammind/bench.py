@@ -48,6 +48,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .atomic import write_text
+from .errors import ArgumentParser, run_command
+
 QUERY = "Tell me when something happens."
 
 
@@ -634,7 +637,7 @@ def markdown_step(result: dict) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="streammind bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="streammind bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="what")
     default_device = "cuda" if torch.cuda.is_available() else "cpu"
     for name, help_line in (("all", "the whole engine benchmark (default)"), ("step", "one live stream over a long run")):
@@ -681,8 +684,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.what == "profile":
         result = bench_profile(args)
         if args.out:
-            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.out).with_suffix(".txt").write_text("\n\n".join(f"==== {k}\n{v}" for k, v in result["tables"].items()))
+            write_text(Path(args.out).with_suffix(".txt"), "\n\n".join(f"==== {k}\n{v}" for k, v in result["tables"].items()))
         return 0
     else:
         result, markdown = bench_parity(args), None
@@ -690,12 +692,11 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown(result) if markdown else text)
     if args.out:
         out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.with_suffix(".json").write_text(text + "\n")
+        write_text(out.with_suffix(".json"), text + "\n")
         if markdown:
-            out.with_suffix(".md").write_text(markdown(result))
+            write_text(out.with_suffix(".md"), markdown(result))
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_command("streammind bench", main))

@@ -115,6 +115,13 @@ _CHOICES = {
     "sampling": ("similarity", "uniform", "all"),
 }
 
+# Numeric fields, checked by type before the range checks compare them.
+_NUMBERS = {
+    **dict.fromkeys(("frames_per_second", "gate_threshold", "gate_focal_gamma", "sampling_ratio"), float),
+    **dict.fromkeys(("vision_feature_layer", "perception_d_state", "perception_d_conv", "perception_expand", "perception_dt_rank",
+                     "gate_num_layers", "gate_window", "max_turn_frames", "max_reply_tokens", "max_context_tokens"), int),
+}
+
 PRESETS: dict[str, dict[str, Any]] = {
     "streammind-7b": dict(vision_config=_CLIP_L336, text_config=_MISTRAL_7B, gate_num_layers=4),
     "tiny": dict(
@@ -247,7 +254,12 @@ class StreamMindConfig(PreTrainedConfig):
         self._check()
 
     def _check(self) -> None:
-        """Raise on settings that are individually valid but inconsistent."""
+        """Raise on settings of the wrong type, or individually valid but inconsistent."""
+        wrong = [f"{name} must be {kind.__name__ if kind is int else 'a number'}, got {getattr(self, name)!r}"
+                 for name, kind in _NUMBERS.items()
+                 if isinstance(getattr(self, name), bool) or not isinstance(getattr(self, name), (int,) if kind is int else (int, float))]
+        if wrong:
+            raise ValueError("Inconsistent StreamMindConfig: " + "; ".join(wrong))
         problems = []
         for name, choices in _CHOICES.items():
             if getattr(self, name) not in choices:

@@ -6,6 +6,13 @@
 (`python -m streammind.convert ...` takes the same arguments.) The result is an ordinary
 StreamMind directory written by `save_model`, which `load_model` reloads; a
 `conversion_report.json` beside it records what was mapped, ignored and initialised fresh.
+
+DST is checked before anything is read or written: DST equal to SRC, inside it or around
+it is refused, and a DST that exists and is not empty needs `--overwrite`. The result is
+written to a temporary directory beside DST and renamed into place at the end, so a
+failed or killed conversion leaves DST as it was. A source that is not a checkpoint
+(a config.json that is not JSON, weight files that are not safetensors or torch files) is
+a one-line error naming the file.
 Library use: `load_videollama2` / `load_streammind_original` -> (model, processor, report),
 then `save_converted`.
 
@@ -51,19 +58,23 @@ import contextlib
 import json
 import logging
 import os
+import pickle
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from huggingface_hub.errors import StrictDataclassError
 from safetensors import safe_open
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPVisionConfig, CLIPVisionModel, MistralConfig, PreTrainedTokenizerBase
 from transformers.initialization import no_init_weights
 
+from .atomic import atomic_directory, check_destination, write_json
 from .builder import init_gate_from_llm, save_model
 from .configuration import PRESETS, StreamMindConfig
+from .errors import ArgumentParser, UserError, run_command
 from .modeling_streammind import StreamMindForCausalLM
 from .processing import StreamMindProcessor, add_video_token
 
@@ -129,7 +140,7 @@ LINEAR_LAYOUTS = ("fc3.", "fc.", "linear.", "")
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-class ConversionError(ValueError):
+class ConversionError(UserError, ValueError):
     """A source checkpoint that cannot be converted as asked (the message says why and what to pass)."""
 
 
@@ -146,8 +157,7 @@ class ConversionReport:
     tokens: dict[str, int] = field(default_factory=dict)
 
     def save(self, directory: str | os.PathLike) -> None:
-        with open(Path(directory) / "conversion_report.json", "w") as f:
-            json.dump(asdict(self), f, indent=2)
+        write_json(Path(directory) / "conversion_report.json", asdict(self))
 
 
 # ----------------------------------------------------------------------------- reading shards
@@ -198,10 +208,17 @@ def open_shard(path: str | os.PathLike) -> Iterator[_SafetensorsShard | _TorchSh
     """Open one shard (safetensors or torch .bin) for reading; its file and mapping are released on exit."""
     path = Path(path)
     if path.suffix == ".safetensors":
-        with safe_open(str(path), framework="pt", device="cpu") as handle:
+        try:
+            handle = safe_open(str(path), framework="pt", device="cpu")
+        except Exception as exc:  # safetensors' SafetensorError derives from Exception only
+            raise ConversionError(f"{path}: not a readable safetensors file ({exc})") from exc
+        with handle:
             yield _SafetensorsShard(handle)
         return
-    reader = _TorchShard(path)
+    try:
+        reader = _TorchShard(path)
+    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:
+        raise ConversionError(f"{path}: not a readable torch checkpoint ({type(exc).__name__}: {exc})") from exc
     try:
         yield reader
     finally:
@@ -217,9 +234,11 @@ def checkpoint_shards(src: str | os.PathLike) -> list[Path]:
     src = Path(src)
     for index_name, single_name in (("model.safetensors.index.json", "model.safetensors"), ("pytorch_model.bin.index.json", "pytorch_model.bin")):
         if (src / index_name).is_file():
-            with open(src / index_name) as f:
-                weight_map = json.load(f)["weight_map"]
-            names = sorted(set(weight_map.values()))
+            try:
+                with open(src / index_name, encoding="utf-8") as f:
+                    names = sorted(set(json.load(f)["weight_map"].values()))
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise ConversionError(f"{src / index_name}: not a weights index ({type(exc).__name__}: {exc})") from exc
             missing = [n for n in names if not (src / n).is_file()]
             if missing:
                 raise ConversionError(f"{src / index_name} lists shard(s) that are not in {src}: {missing}")
@@ -270,19 +289,30 @@ def read_source_config(src: str | os.PathLike) -> dict:
     path = Path(src) / "config.json"
     if not path.is_file():
         raise ConversionError(f"{src} has no config.json")
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+    except json.JSONDecodeError as exc:
+        raise ConversionError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg}, column {exc.colno})") from exc
+    except UnicodeDecodeError as exc:
+        raise ConversionError(f"{path}: not a text file ({exc.reason} at byte {exc.start})") from exc
+    if not isinstance(config, dict):
+        raise ConversionError(f"{path}: expected a JSON object, got {type(config).__name__}")
+    return config
 
 
-def text_config_from_source(source: dict) -> MistralConfig:
-    """The LLM's config from a VideoLLaMA2-style config.json (Mistral fields only)."""
+def text_config_from_source(source: dict, where: str = "config.json") -> MistralConfig:
+    """The LLM's config from a VideoLLaMA2-style config.json (Mistral fields only); `where` names it in errors."""
     architectures = source.get("architectures") or []
     if source.get("model_type") not in ("videollama2_mistral", "mistral") and "Videollama2MistralForCausalLM" not in architectures:
         raise ConversionError(
-            f"only Mistral-based VideoLLaMA2 checkpoints are supported; this one has model_type "
+            f"{where}: only Mistral-based VideoLLaMA2 checkpoints are supported; this one has model_type "
             f"{source.get('model_type')!r} and architectures {architectures}"
         )
-    return MistralConfig(**{k: source[k] for k in _MISTRAL_FIELDS if k in source})
+    try:
+        return MistralConfig(**{k: source[k] for k in _MISTRAL_FIELDS if k in source})
+    except (TypeError, ValueError, StrictDataclassError) as exc:
+        raise ConversionError(f"{where}: not a usable Mistral config ({type(exc).__name__}: {' '.join(str(exc).split())[:300]})") from exc
 
 
 def vision_config_from_source(source: dict, src: Path, vision_config: str | os.PathLike | None = None) -> CLIPVisionConfig:
@@ -470,7 +500,10 @@ def _required(target: dict[str, torch.Tensor], prefixes: Sequence[str], exclude:
 def _prepare_tokenizer(src: Path, text_config: MistralConfig, video_token: str) -> tuple[PreTrainedTokenizerBase, int, int]:
     """The source tokenizer with our `<video>` placeholder added -> (tokenizer, its id, vocabulary size to use)."""
     # Passing the LLM's config keeps AutoTokenizer from parsing the VideoLLaMA2 config.json.
-    tokenizer = AutoTokenizer.from_pretrained(src, config=text_config)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(src, config=text_config)
+    except Exception as exc:  # the tokenizers library raises plain Exceptions on malformed files
+        raise ConversionError(f"{src}: cannot load the tokenizer ({type(exc).__name__}: {' '.join(str(exc).split())[:300]})") from exc
     video_token_id = add_video_token(tokenizer, video_token)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
@@ -546,7 +579,7 @@ def load_videollama2(
     """
     src = Path(src)
     source = read_source_config(src)
-    text_config = text_config_from_source(source)
+    text_config = text_config_from_source(source, str(src / "config.json"))
     clip_model, vision, tokenizer, video_token_id, vocab, shards, shapes = _open_source(src, source, text_config, clip, vision_config, dtype, progress)
     if any(k.startswith(PROJECTOR_PREFIX + "pre_net.") for k in shapes):
         logger.warning("%s holds a StreamMind EPFE and gate, which --from videollama2 drops; --from streammind-original keeps them", src)
@@ -667,7 +700,7 @@ def load_streammind_original(
     """
     src = Path(src)
     source = read_source_config(src)
-    text_config = text_config_from_source(source)
+    text_config = text_config_from_source(source, str(src / "config.json"))
     if source.get("mm_vision_select_feature", "patch") != "patch":
         raise ConversionError(
             f"mm_vision_select_feature {source['mm_vision_select_feature']!r}: the EPFE was trained on the mean of the "
@@ -725,10 +758,20 @@ def _log_report(report: ConversionReport) -> None:
     logger.info("initialised fresh: %s; tokens: %s", ", ".join(report.initialised), report.tokens)
 
 
-def save_converted(model: StreamMindForCausalLM, processor: StreamMindProcessor, report: ConversionReport, dst: str | os.PathLike) -> None:
-    """Write the converted model with `save_model`, and the report beside it."""
-    save_model(model, processor, dst)
-    report.save(dst)
+def save_converted(
+    model: StreamMindForCausalLM, processor: StreamMindProcessor, report: ConversionReport, dst: str | os.PathLike, overwrite: bool = False
+) -> None:
+    """Write the converted model with `save_model`, and the report beside it, into a temporary
+    directory renamed to `dst` at the end.
+
+    Raises:
+        UserError: `dst` exists and is not empty, and `overwrite` is False (then `dst` is
+            replaced as a whole).
+    """
+    check_destination(report.source, dst, overwrite)
+    with atomic_directory(dst, replace=True) as tmp:
+        save_model(model, processor, tmp)
+        report.save(tmp)
     logger.info("wrote %s", dst)
 
 
@@ -736,13 +779,14 @@ def save_converted(model: StreamMindForCausalLM, processor: StreamMindProcessor,
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="streammind convert",
         description="Convert a VideoLLaMA2-7B or original StreamMind checkpoint into a StreamMind directory.",
     )
     parser.add_argument("--from", dest="source_format", required=True, choices=SOURCE_FORMATS, help="layout of SRC")
     parser.add_argument("src", type=Path, help="source checkpoint directory")
-    parser.add_argument("dst", type=Path, help="output directory (load it with streammind.load_model)")
+    parser.add_argument("dst", type=Path, help="output directory (load it with streammind.load_model); must not exist or be empty unless --overwrite")
+    parser.add_argument("--overwrite", action="store_true", help="replace a DST that already holds files (never allowed when DST is, holds or lies in SRC)")
     parser.add_argument("--clip", default=None, help="CLIP directory or hub id whose vision tower replaces the checkpoint's")
     parser.add_argument("--vision-config", default=None, help="CLIP (vision) config file or directory, if config.json's mm_vision_tower names none we can read")
     parser.add_argument("--dtype", default="bfloat16", choices=sorted(_DTYPES), help="weight dtype of the output (default: %(default)s)")
@@ -763,9 +807,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run a conversion; exits with status 2 and the reason when the checkpoint cannot be converted."""
+    """Run a conversion (errors raise; `run_command` reports them as one line, exit status 2)."""
     parser = _parser()
     args = parser.parse_args(argv)
+    check_destination(args.src, args.dst, args.overwrite)  # before anything is read or written
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     common = dict(
         clip=args.clip,
@@ -776,22 +821,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         progress=not args.no_progress,
     )
     videollama2_only = args.gate_layers is not None or args.gate_init_from_llm
-    try:
-        if args.source_format == "videollama2":
-            if args.gate_heads is not None:
-                parser.error("--gate-heads applies to --from streammind-original (a VideoLLaMA2 gate is new: its heads are the LLM's)")
-            gate_layers = args.gate_layers if args.gate_layers is not None else StreamMindConfig.gate_num_layers
-            loaded = load_videollama2(args.src, gate_num_layers=gate_layers, gate_init_from_llm=args.gate_init_from_llm, **common)
-        else:
-            if videollama2_only:
-                parser.error("--gate-layers / --gate-init-from-llm apply to --from videollama2 (the original gate is loaded as it is)")
-            gate_heads = args.gate_heads if args.gate_heads is not None else ORIGINAL_GATE_DEFAULTS["num_attention_heads"]
-            loaded = load_streammind_original(args.src, gate_heads=gate_heads, **common)
-        save_converted(*loaded, args.dst)
-    except ConversionError as exc:
-        parser.exit(2, f"error: {exc}\n")
+    if args.source_format == "videollama2":
+        if args.gate_heads is not None:
+            parser.error("--gate-heads applies to --from streammind-original (a VideoLLaMA2 gate is new: its heads are the LLM's)")
+        gate_layers = args.gate_layers if args.gate_layers is not None else StreamMindConfig.gate_num_layers
+        loaded = load_videollama2(args.src, gate_num_layers=gate_layers, gate_init_from_llm=args.gate_init_from_llm, **common)
+    else:
+        if videollama2_only:
+            parser.error("--gate-layers / --gate-init-from-llm apply to --from videollama2 (the original gate is loaded as it is)")
+        gate_heads = args.gate_heads if args.gate_heads is not None else ORIGINAL_GATE_DEFAULTS["num_attention_heads"]
+        loaded = load_streammind_original(args.src, gate_heads=gate_heads, **common)
+    save_converted(*loaded, args.dst, overwrite=args.overwrite)
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_command("streammind convert", main))

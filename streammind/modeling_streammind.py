@@ -36,6 +36,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
+from .atomic import atomic_directory
 from .configuration import StreamMindConfig
 from .gate import CognitionGate, gate_loss, segment_starts
 from .perception import MambaMixer, PerceptionEncoder
@@ -106,6 +107,16 @@ class StreamMindForCausalLM(StreamMindPreTrainedModel):
         self.gate = CognitionGate(config.gate_config, window=config.gate_window, per_frame=config.gate_mode == "per_frame")
         self.language_model = language_model if language_model is not None else AutoModelForCausalLM.from_config(config.text_config)
         self.post_init()
+
+    def save_pretrained(self, save_directory, *args, **kwargs) -> None:
+        """`PreTrainedModel.save_pretrained`, written atomically (`streammind.atomic`): the files go
+        to a temporary directory first, so a crash never leaves half a model (Trainer
+        checkpoints included). Pushing to the hub keeps the plain path (the directory name is
+        the repository name there)."""
+        if kwargs.get("push_to_hub"):
+            return super().save_pretrained(save_directory, *args, **kwargs)
+        with atomic_directory(save_directory) as tmp:
+            super().save_pretrained(tmp, *args, **kwargs)
 
     # ---- features -------------------------------------------------------------------------
 

@@ -32,6 +32,7 @@ import torch
 from tokenizers import AddedToken
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from .atomic import atomic_directory
 from .configuration import StreamMindConfig
 from .sampling import num_selected
 from .vision import FrameProcessor
@@ -167,8 +168,10 @@ class StreamMindProcessor:
     # ---- persistence ----------------------------------------------------------------------
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Save the tokenizer (processor settings live in the model config saved beside it)."""
-        self.tokenizer.save_pretrained(directory)
+        """Save the tokenizer (processor settings live in the model config saved beside it); each
+        file is replaced atomically."""
+        with atomic_directory(directory) as tmp:
+            self.tokenizer.save_pretrained(tmp)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, config: StreamMindConfig | None = None) -> StreamMindProcessor:

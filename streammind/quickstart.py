@@ -19,10 +19,12 @@ Reference: SPEC §9.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
 from pathlib import Path
+
+from streammind.atomic import write_json
+from streammind.errors import ArgumentParser, run_command
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,7 +34,7 @@ def _fmt(t: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="streammind quickstart", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/quickstart", help="Run directory (checkpoints, metrics, plots).")
     parser.add_argument("--world", default="runs/world", help="Where the synthetic world is generated (reused if unchanged).")
     parser.add_argument("--configs", default=str(REPO / "configs" / "tiny"), help="Directory with stage1.yaml and stage2.yaml.")
@@ -105,7 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
     timings["total_s"] = time.perf_counter() - t0
     result = {**metrics["headline"], "timings": {k: round(v, 1) for k, v in timings.items()},
               "details": str(out / "eval_test" / "metrics.json")}
-    (out / "test_metrics.json").write_text(json.dumps(result, indent=2))
+    write_json(out / "test_metrics.json", result)
     h = metrics["headline"]
     shown = {k: "n/a" if h[k] is None else f"{h[k]:.3f}" for k in ("trigger_acc", "timval", "trigger_f1_1s", "reply_exact_match")}
     print(f"\ntest split ({h['num_videos']} videos): trigger_acc {shown['trigger_acc']}  timval {shown['timval']}  "
@@ -115,4 +117,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_command("streammind quickstart", main))

@@ -20,7 +20,8 @@ Pieces (SPEC §4, "Sources" and "optional wall-clock pacing"):
   queues: at most one decoded frame is held. The clock and the sleep are injectable.
 - Queries joining mid-stream: any `queue.Queue` of strings; the runner drains it before each
   frame and calls `StreamingSession.add_query`, so a query joins at the time of the next
-  frame. `StdinQueries` fills such a queue from a text stream in a background thread.
+  frame. A query the session refuses (over the LLM budget) is logged and recorded with a
+  "refused" reason; the stream goes on. `StdinQueries` fills such a queue from a text stream in a background thread.
 - `StreamStats`: processed / dropped / skipped frames, replies, joined queries, and the
   `push` latency of the always-on path (frames without a reply) and of reply frames, as
   p50 / p95 / max. Latencies go into `LatencyStats`, a log-spaced histogram, so the
@@ -49,8 +50,9 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from .datasets.video import Backend, FrameIterator, VideoDecodeError, iter_frames, probe_video
-from .streaming import Reply, StreamingSession
+from .datasets.video import LIVE_TIMEOUT_S, Backend, FrameIterator, VideoDecodeError, iter_frames, probe_video
+from .errors import UserError
+from .streaming import Reply, SessionInputError, StreamingSession
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +61,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 EARLY_END_TOLERANCE_S = 0.5
 
 
-class SourceError(Exception):
+class SourceError(UserError):
     """A source cannot be streamed (no such device, a folder without images, ...)."""
 
 
@@ -178,7 +180,13 @@ def _declared_duration(path: str) -> float | None:
         return None
 
 
-def open_source(source: str | os.PathLike, fps: float = 2.0, backend: Backend = "auto", options: dict[str, str] | None = None) -> FrameSource:
+def open_source(
+    source: str | os.PathLike,
+    fps: float = 2.0,
+    backend: Backend = "auto",
+    options: dict[str, str] | None = None,
+    timeout: tuple[float, float] | None = LIVE_TIMEOUT_S,
+) -> FrameSource:
     """Open a file, capture device, URL or image folder for streaming at `fps`.
 
     Args:
@@ -189,6 +197,9 @@ def open_source(source: str | os.PathLike, fps: float = 2.0, backend: Backend = 
         backend: decoder for files ("auto", "decord" or "pyav"); URLs and devices always
             use PyAV.
         options: PyAV/FFmpeg open options for URLs and devices (e.g. ``{"rtsp_transport": "tcp"}``).
+        timeout: (open, read) seconds for URLs and devices (default 10 s each): the longest
+            wait to connect, and for data once connected; the stream then ends with an error.
+            None waits forever.
 
     Returns:
         A `FrameSource`. Files are probed here; URLs and devices are opened on the first frame.
@@ -206,9 +217,9 @@ def open_source(source: str | os.PathLike, fps: float = 2.0, backend: Backend = 
         device = f"/dev/video{name}" if name.isdigit() else name
         if not Path(device).exists():
             raise SourceError(f"{device}: no such capture device")
-        return FrameSource(name, kind, fps, iter_frames(device, fps=fps, backend="pyav", options=options))
+        return FrameSource(name, kind, fps, iter_frames(device, fps=fps, backend="pyav", options=options, timeout=timeout))
     if kind == "url":
-        return FrameSource(name, kind, fps, iter_frames(name, fps=fps, backend="pyav", options=options))
+        return FrameSource(name, kind, fps, iter_frames(name, fps=fps, backend="pyav", options=options, timeout=timeout))
     info = probe_video(name, backend=backend)
     return FrameSource(name, kind, fps, iter_frames(name, fps=fps, backend=backend), info.duration_s, _declared_duration(name))
 
@@ -418,7 +429,12 @@ class StreamRunner:
                 text = self.queries.get_nowait()
             except queue.Empty:
                 return
-            self.session.add_query(text)
+            try:
+                self.session.add_query(text)
+            except SessionInputError as exc:  # e.g. over the LLM budget: the stream goes on without it
+                logger.warning("query at %.1f s refused: %s", t, exc)
+                self.stats.queries.append({"time": t, "text": text, "refused": str(exc)})
+                continue
             self.stats.queries.append({"time": t, "text": text})
             if self.on_query is not None:
                 self.on_query(t, text)

@@ -22,6 +22,16 @@ Bounded state, documented budgets:
   the oldest turns are evicted and the context is rebuilt from the system prompt, the current
   query and the newest turns that fit (once per many turns, never per frame).
 
+Inputs are checked before anything runs (`check_threshold`, `check_max_new_tokens`,
+`check_query`; each raises `SessionInputError` naming the value): the threshold must be a
+finite number in [0, 1], the reply cap an integer >= 1, and a query must fit the budgets. The
+query rule: a query is refused (never truncated) when the first turn it opens (BOS, system
+prompt, the query, the placeholders of a full turn memory, `placeholders_for(max_turn_frames)`,
+and `[/INST]`) plus the reply cap and its EOS exceeds `max_context_tokens`, or when the gate's
+prompt (which holds the query) exceeds the room the engine keeps for it (`max_prompt_tokens`,
+512 tokens by default). A query that joins mid-stream is checked together with the queries
+still waiting for the next turn.
+
 A session owns its stream's state; `reset()` clears it between videos (the released code
 never did). The streaming path computes the same perception tokens and gate probabilities as
 the parallel `forward` over the same clip (tests/test_streaming.py, tests/test_engine.py).
@@ -29,14 +39,56 @@ the parallel `forward` over the same clip (tests/test_streaming.py, tests/test_e
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from .engine import Conversation, Engine, Turn
+from .errors import UserError
 from .modeling_streammind import StreamMindForCausalLM
 from .processing import StreamMindProcessor
+
+
+class SessionInputError(UserError, ValueError):
+    """A session input out of range: a threshold, a reply cap, or a query over the budget."""
+
+
+def check_threshold(threshold: float) -> float:
+    """A gate threshold must be a finite number in [0, 1] (NaN would reply on no frame, or on every one)."""
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold) or not 0 <= threshold <= 1:
+        raise SessionInputError(f"threshold must be a finite number in [0, 1], got {threshold!r}")
+    return float(threshold)
+
+
+def check_max_new_tokens(max_new_tokens: int) -> int:
+    """The reply length cap must be an integer >= 1."""
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise SessionInputError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
+    return max_new_tokens
+
+
+def check_query(processor: StreamMindProcessor, query: str | None, max_new_tokens: int, max_prompt_tokens: int = 512) -> None:
+    """Refuse a query the LLM context or the gate's prompt room cannot hold (the rule is in the module docstring)."""
+    if query is None:
+        return
+    if not isinstance(query, str):
+        raise SessionInputError(f"a query must be a string, got {type(query).__name__}")
+    config = processor.config
+    turn = len(processor.encode_turn_prefix(query, processor.placeholders_for(config.max_turn_frames), first=True))
+    need = turn + max_new_tokens + 1
+    if need > config.max_context_tokens:
+        query_tokens = len(processor.tokenizer.encode(query, add_special_tokens=False))
+        raise SessionInputError(
+            f"the query is too long: {query_tokens} tokens, and its first turn with a full turn memory and a "
+            f"{max_new_tokens}-token reply needs {need} of the LLM's {config.max_context_tokens} (max_context_tokens); "
+            "shorten the query"
+        )
+    gate_prompt = len(processor.encode_gate_prompt(query))
+    if gate_prompt > max_prompt_tokens:
+        raise SessionInputError(f"the query is too long for the gate: its prompt is {gate_prompt} tokens, the room for it "
+                                f"{max_prompt_tokens} (max_prompt_tokens); shorten the query")
 
 
 @dataclass
@@ -64,12 +116,16 @@ class StreamingSession:
     Args:
         model: a `StreamMindForCausalLM` (eval mode is set here).
         processor: its `StreamMindProcessor`.
-        query: the user's request (may also be given later with `add_query`).
-        threshold: respond when p(respond) > threshold (default: the config's).
-        max_new_tokens: reply length cap (default: the config's `max_reply_tokens`).
+        query: the user's request (may also be given later with `add_query`); refused when
+            over the budget (module docstring).
+        threshold: respond when p(respond) > threshold, finite in [0, 1] (default: the config's).
+        max_new_tokens: reply length cap, >= 1 (default: the config's `max_reply_tokens`).
         record_probs: keep every frame's (time, p) in `stats` (for timeline plots).
         engine: an `Engine` of this model to run in (one of its stream slots); by default the
             session builds its own single-stream engine.
+
+    Raises:
+        SessionInputError: a threshold, cap or query out of range.
     """
 
     def __init__(
@@ -82,14 +138,17 @@ class StreamingSession:
         record_probs: bool = True,
         engine: Engine | None = None,
     ):
+        threshold = check_threshold(model.config.gate_threshold if threshold is None else threshold)
+        max_new_tokens = check_max_new_tokens(model.config.max_reply_tokens if max_new_tokens is None else max_new_tokens)
+        if engine is not None and engine.model is not model:
+            raise ValueError("the engine runs another model than this session's")
+        check_query(processor, query, max_new_tokens, engine.max_prompt_tokens if engine is not None else 512)
         self.model = model.eval()
         self.processor = processor
         self.config = model.config
-        self.threshold = self.config.gate_threshold if threshold is None else threshold
-        self.max_new_tokens = self.config.max_reply_tokens if max_new_tokens is None else max_new_tokens
+        self.threshold = threshold
+        self.max_new_tokens = max_new_tokens
         self.record_probs = record_probs
-        if engine is not None and engine.model is not model:
-            raise ValueError("the engine runs another model than this session's")
         self.engine = engine if engine is not None else Engine(model, processor)
         self.initial_query = query
         self.slot = self.engine.open_stream(query)
@@ -99,7 +158,9 @@ class StreamingSession:
     # ---- state ----------------------------------------------------------------------------
 
     def reset(self, query: str | None = None) -> None:
-        """Clear every piece of per-stream state (call between videos)."""
+        """Clear every piece of per-stream state (call between videos); `query` replaces the initial one."""
+        if query is not None:
+            check_query(self.processor, query, self.max_new_tokens, self.engine.max_prompt_tokens)
         self.engine.reset_stream(self.slot, query if query is not None else self.initial_query)
         self.stats = SessionStats()
         self.last_prob = 0.0
@@ -110,7 +171,14 @@ class StreamingSession:
 
     def add_query(self, text: str) -> None:
         """A user query joins mid-stream: it opens the next LLM turn and conditions the gate
-        (the current turn's frames are read again after it, bounded by the gate window)."""
+        (the current turn's frames are read again after it, bounded by the gate window).
+
+        Raises:
+            SessionInputError: the query (with the queries still waiting for the next turn)
+                is over the budget; the session is left unchanged.
+        """
+        pending = self.pending_user
+        check_query(self.processor, text if pending is None else f"{pending}\n{text}", self.max_new_tokens, self.engine.max_prompt_tokens)
         self.engine.set_query(self.slot, text)
 
     @property
@@ -217,4 +285,13 @@ def push_clip_chunks(session: StreamingSession, frames, chunk_size: int | None =
     return replies
 
 
-__all__ = ["Reply", "SessionStats", "StreamingSession", "push_clip_chunks"]
+__all__ = [
+    "Reply",
+    "SessionInputError",
+    "SessionStats",
+    "StreamingSession",
+    "check_max_new_tokens",
+    "check_query",
+    "check_threshold",
+    "push_clip_chunks",
+]

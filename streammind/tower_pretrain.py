@@ -25,7 +25,6 @@ Entry point: ``python -m streammind.tower_pretrain WORLD_DIR OUT_DIR [--steps 40
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import time
@@ -37,9 +36,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from .atomic import atomic_directory, write_json
 from .configuration import StreamMindConfig
 from .datasets.annotations import load_annotations
 from .datasets.video import read_video
+from .errors import ArgumentParser, run_command
 from .vision import FrameProcessor, VisionEncoder
 from .world import WorldObject, all_scenes, scene_from_record
 
@@ -188,16 +189,15 @@ def pretrain_tower(
         "steps": steps,
         "seconds": round(time.perf_counter() - start, 1),
     }
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tower.clip.save_pretrained(out_dir)
-    (out_dir / "pretrain_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    with atomic_directory(out_dir) as tmp:  # a crash never leaves half a tower
+        tower.clip.save_pretrained(tmp)
+        write_json(tmp / "pretrain_metrics.json", metrics)
     logger.info("tower pretraining: %s", metrics)
     return metrics
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m streammind.tower_pretrain", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m streammind.tower_pretrain", description=__doc__.split("\n\n")[0])
     parser.add_argument("world_dir", help="a world written by python -m streammind.world")
     parser.add_argument("out_dir", help="where the CLIPVisionModel directory is written")
     parser.add_argument("--preset", default="tiny")
@@ -214,4 +214,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_command("streammind pretrain-tower", main))

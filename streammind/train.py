@@ -11,18 +11,38 @@ What trains is declared in the YAML (`trainable: [perception, language_model]`) 
 by `set_trainable`, which raises when a pattern matches nothing and logs a table of
 trainable / frozen parameters. The YAML is read, CLI flags override it, unknown keys raise,
 and the resolved config is written to `output_dir/run_config.yaml`. `resume_from_checkpoint:
-auto` resumes from the newest checkpoint in `output_dir`. Launch several processes with
-torchrun or the deepspeed launcher (scripts/finetune_stage{1,2}.sh).
+auto` resumes from the newest complete checkpoint in `output_dir` (`last_complete_checkpoint`:
+its trainer_state.json, written last, parses, and its weights are all there and whole) and
+logs the incomplete ones it skipped. Launch several processes with torchrun or the
+deepspeed launcher (scripts/finetune_stage{1,2}.sh).
+
+Settings are checked before any model is built, and a bad one is a `ConfigError` naming
+the file (or flag) and the field:
+- the YAML must be a mapping (`key: value` lines) and parse; values follow YAML 1.2: only
+  true / false are booleans (`no`, `yes`, `on`, `off` are strings, so `lora: no` is an
+  error, not a truthy string), `1e-4` is a number;
+- a `--key` flag needs a value (`--key value` or `--key=value`; `--lora true`, never a
+  bare `--lora`), which is read as YAML too (`--trainable [gate]`);
+- every value must have its field's declared type: booleans for booleans, integers for
+  integers, numbers for floats, lists for lists (`trainable: perception` is an error: write
+  `trainable: [perception]`, a list, as for every list field);
+- the annotation files and data root must exist and `init_from` must be a StreamMind
+  checkpoint; the annotations are parsed (errors name `file:line`).
 
 Reference: SPEC §5, STYLE §4.2 and §4.7.
 """
 
 from __future__ import annotations
 
+import enum
 import fnmatch
+import json
 import logging
+import math
 import re
 import sys
+import types
+import typing
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,16 +50,23 @@ from pathlib import Path
 import torch
 import yaml
 from transformers import AutoTokenizer, CLIPVisionModel, HfArgumentParser, Trainer, TrainingArguments, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
-from .builder import build_from_parts, build_model, load_model
+from .atomic import atomic_write
+from .builder import CheckpointError, build_from_parts, build_model, load_model, read_config, weight_files
 from .configuration import StreamMindConfig
+from .datasets.annotations import load_annotations
 from .datasets.collator import StreamCollator
 from .datasets.stream import FeatureCache, StreamDataset, vision_cache_key
+from .errors import UserError, run_command
 
 logger = logging.getLogger("streammind.train")
 
 MODULES = ("vision", "perception", "gate", "language_model")
+TRAINER_STATE = "trainer_state.json"
+
+
+class ConfigError(UserError, ValueError):
+    """A training setting that is missing, malformed or of the wrong type (the message names it)."""
 
 
 @dataclass
@@ -86,7 +113,17 @@ class DataArguments:
     fps: float | None = field(default=None, metadata={"help": "Frame sampling rate (default: the model's frames_per_second)."})
     on_bad_sample: str = field(default="raise", metadata={"help": "'raise' or 'skip' (skips are counted and reported)."})
     cache_decoded: bool = field(default=False, metadata={"help": "Keep decoded clips in memory (small datasets)."})
+    allow_outside_root: bool = field(
+        default=False,
+        metadata={"help": "Accept annotation video paths outside data_root (absolute, or escaping it with '..'); by default they are bad samples."},
+    )
     feature_cache_dir: str | None = field(default=None, metadata={"help": "Cache pooled CLIP features here (only with a frozen tower)."})
+
+    def __post_init__(self):
+        if self.fps is not None and not (math.isfinite(self.fps) and self.fps > 0):
+            raise ValueError(f"fps must be a finite number > 0, got {self.fps}")
+        if self.on_bad_sample not in ("raise", "skip"):
+            raise ValueError(f"on_bad_sample must be 'raise' or 'skip', got {self.on_bad_sample!r}")
 
 
 @dataclass
@@ -154,44 +191,240 @@ def _load_yaml(text: str):
     return yaml.load(text, Loader=_YamlLoader)
 
 
+def read_config_file(path: str | Path) -> dict:
+    """The settings of a stage YAML: a mapping, parsed with YAML 1.2 scalars.
+
+    Raises:
+        ConfigError: a missing file, broken YAML (with its line) or a document that is not a mapping.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        cfg = _load_yaml(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{where}: not valid YAML ({problem})") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    if cfg is None:
+        return {}
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings (key: value lines), got a YAML {type(cfg).__name__}")
+    bad = [k for k in cfg if not isinstance(k, str)]
+    if bad:
+        raise ConfigError(f"{path}: setting names must be strings, got {bad}")
+    return cfg
+
+
+# ---- typed settings ----------------------------------------------------------------------
+
+
+def _accepts(tp, value):
+    """(True, value as the field wants it) when `value` has the declared type `tp`, else (False, None).
+
+    YAML already produced bools, ints, floats, strings, lists and dicts; nothing is parsed from
+    strings here, so `"no"` never becomes a boolean and `"many"` never a number.
+    """
+    origin = typing.get_origin(tp)
+    if tp is typing.Any or tp is object:
+        return True, value
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            ok, converted = _accepts(arg, value)
+            if ok:
+                return True, converted
+        return False, None
+    if tp is type(None):
+        return value is None, value
+    if origin is typing.Literal:
+        return value in typing.get_args(tp), value
+    if origin in (list, tuple) or tp in (list, tuple):
+        if not isinstance(value, list):
+            return False, None
+        args = typing.get_args(tp)
+        item_type = args[0] if args else typing.Any  # list[X] and tuple[X, ...]
+        items = []
+        for item in value:
+            ok, converted = _accepts(item_type, item)
+            if not ok:
+                return False, None
+            items.append(converted)
+        return True, items
+    if origin is dict or tp is dict:
+        return isinstance(value, dict), value
+    if tp is bool:
+        return isinstance(value, bool), value
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool), value
+    if tp is str:
+        return isinstance(value, str), value  # `run_name: "2024"` (quoted) for a string of digits
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return isinstance(value, (str, tp)), value  # the dataclass converts and checks the name
+    return True, value
+
+
+def _describe(tp) -> str:
+    """A type as a user reads it in an error message."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(dict.fromkeys(_describe(a) for a in typing.get_args(tp)))
+    if tp is type(None):
+        return "null"
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (list, tuple) or tp in (list, tuple):
+        return "a list (e.g. [a, b], or [a] for one item)"
+    if origin is dict or tp is dict:
+        return "a mapping"
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return "one of " + ", ".join(repr(m.value) for m in tp)
+    return {bool: "true or false (YAML 1.2: yes/no/on/off are strings)", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
+
+
+def check_types(cfg: dict, classes, where: dict[str, str]) -> dict:
+    """`cfg` with every value checked (and normalised) against its dataclass field's declared type.
+
+    Args:
+        cfg: setting name -> value (YAML scalars, lists, mappings).
+        classes: the argument dataclasses.
+        where: setting name -> where it was set ("stage1.yaml", "--lr"), for messages.
+
+    Raises:
+        ConfigError: naming the setting, where it was set, the expected type and the value.
+    """
+    hints = {}
+    for cls in classes:
+        hints.update(typing.get_type_hints(cls))
+    out = {}
+    for key, value in cfg.items():
+        if key not in hints:
+            out[key] = value  # an unknown key: HfArgumentParser names it
+            continue
+        ok, converted = _accepts(hints[key], value)
+        if not ok:
+            raise ConfigError(f"{where.get(key, 'config')}: {key} must be {_describe(hints[key])}, got {value!r}")
+        out[key] = converted
+    return out
+
+
 def parse_args(argv: list[str] | None) -> tuple[ModelArguments, DataArguments, StreamMindTrainingArguments, dict]:
-    """YAML file first, then `--key value` overrides; unknown keys raise."""
+    """YAML file first, then `--key value` overrides; unknown keys and wrong types raise ConfigError."""
     argv = list(sys.argv[1:] if argv is None else argv)
     # The deepspeed launcher adds --local_rank=N (before our arguments); LOCAL_RANK is also in
     # the environment, which TrainingArguments reads.
     argv = [a for a in argv if not a.startswith(("--local_rank", "--local-rank"))]
     if not argv or not argv[0].endswith((".yaml", ".yml")):
-        raise SystemExit("usage: python -m streammind.train <stage.yaml> [--key value ...]")
-    with open(argv[0]) as f:
-        cfg = _load_yaml(f.read()) or {}
+        raise ConfigError("usage: python -m streammind.train <stage.yaml> [--key value ...]")
+    cfg = read_config_file(argv[0])
+    where = {key: argv[0] for key in cfg}
     overrides = _cli_to_dict(argv[1:])
     cfg.update(overrides)
+    where.update({key: f"--{key}" for key in overrides})
     if not torch.cuda.is_available():
         cfg.setdefault("use_cpu", True)
-    parser = HfArgumentParser((ModelArguments, DataArguments, StreamMindTrainingArguments))
-    model_args, data_args, train_args = parser.parse_dict(cfg, allow_extra_keys=False)
+    classes = (ModelArguments, DataArguments, StreamMindTrainingArguments)
+    cfg = check_types(cfg, classes, where)
+    parser = HfArgumentParser(classes)
+    try:
+        model_args, data_args, train_args = parser.parse_dict(cfg, allow_extra_keys=False)
+    except (ValueError, TypeError) as exc:  # unknown keys, __post_init__ rules
+        raise ConfigError(f"{argv[0]}: {exc}") from exc
     return model_args, data_args, train_args, cfg
 
 
 def _cli_to_dict(tokens: list[str]) -> dict:
+    """`--key value` / `--key=value` pairs -> {key: YAML value}; a flag without a value raises."""
     out, i = {}, 0
     while i < len(tokens):
-        key = tokens[i]
-        if not key.startswith("--"):
-            raise SystemExit(f"expected --key, got {key!r}")
-        key = key[2:].replace("-", "_")
-        if "=" in key:
-            key, value = key.split("=", 1)
-            out[key] = _load_yaml(value)
+        token = tokens[i]
+        if not token.startswith("--"):
+            raise ConfigError(f"expected --key, got {token!r}")
+        name, sep, value = token[2:].partition("=")
+        key = name.replace("-", "_")
+        if sep:
             i += 1
-            continue
-        if i + 1 < len(tokens) and not tokens[i + 1].startswith("--"):
-            out[key] = _load_yaml(tokens[i + 1])
+        elif i + 1 < len(tokens) and not tokens[i + 1].startswith("--"):
+            value = tokens[i + 1]
             i += 2
         else:
-            out[key] = True
-            i += 1
+            raise ConfigError(f"--{name} needs a value (--{name} VALUE or --{name}=VALUE; booleans too: --{name} true)")
+        try:
+            out[key] = _load_yaml(value)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--{name}: not a valid value {value!r} ({getattr(exc, 'problem', None) or exc})") from exc
     return out
+
+
+def validate_inputs(model_args: ModelArguments, data_args: DataArguments, args: StreamMindTrainingArguments) -> None:
+    """Check the files a run reads before any model is built (ConfigError / AnnotationError / CheckpointError)."""
+    if args.stage == 2 and model_args.init_from is None:
+        raise ConfigError("stage 2 starts from the stage-1 checkpoint: set init_from")
+    resume = args.resume_from_checkpoint
+    if resume not in (None, "auto") and (problem := checkpoint_problem(resume)) is not None:
+        raise ConfigError(f"{resume}: cannot resume from this checkpoint: {problem}")
+    for name in ("train_annotations", "eval_annotations"):
+        path = getattr(data_args, name)
+        if path is not None:
+            if not Path(path).is_file():
+                raise ConfigError(f"{path}: {name} not found")
+            load_annotations(path)
+    if not Path(data_args.data_root).is_dir():
+        raise ConfigError(f"{data_args.data_root}: data_root is not a directory")
+    if model_args.init_from is not None:
+        read_config(model_args.init_from)
+
+
+# ---- resuming -----------------------------------------------------------------------------
+
+
+def checkpoint_problem(directory: str | Path) -> str | None:
+    """Why a Trainer checkpoint cannot be resumed from (None when it is complete).
+
+    Complete: its trainer_state.json (which the Trainer writes last) parses and has a
+    global_step, and its weights are all there and whole (safetensors checked against
+    their headers), or a DeepSpeed `latest` tag names a directory that exists.
+    """
+    directory = Path(directory)
+    state = directory / TRAINER_STATE
+    if not state.is_file():
+        return f"no {TRAINER_STATE} (written last: the save did not finish)"
+    try:
+        if "global_step" not in json.loads(state.read_text(encoding="utf-8")):
+            return f"{TRAINER_STATE} has no global_step"
+    except (ValueError, TypeError) as exc:
+        return f"{TRAINER_STATE} is unreadable ({type(exc).__name__})"
+    latest = directory / "latest"
+    if latest.is_file() and (directory / latest.read_text().strip()).is_dir():
+        return None
+    try:
+        weight_files(directory)
+    except CheckpointError as exc:
+        return str(exc)
+    return None
+
+
+def last_complete_checkpoint(output_dir: str | Path) -> str | None:
+    """The newest complete `checkpoint-N` in `output_dir` (None if there is none); logs the skipped ones."""
+    output_dir = Path(output_dir)
+    found = []
+    if output_dir.is_dir():
+        for path in output_dir.iterdir():
+            m = re.fullmatch(r"checkpoint-(\d+)", path.name)
+            if m and path.is_dir():
+                found.append((int(m.group(1)), path))
+    for _, path in sorted(found, reverse=True):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            logger.info("resume_from_checkpoint auto: %s", path)
+            return str(path)
+        logger.warning("resume_from_checkpoint auto: skipping incomplete %s: %s", path.name, problem)
+    logger.info("resume_from_checkpoint auto: no complete checkpoint in %s, starting fresh", output_dir)
+    return None
 
 
 def build(model_args: ModelArguments, device: torch.device):
@@ -238,14 +471,13 @@ def apply_lora(model, model_args: ModelArguments) -> None:
 def main(argv: list[str] | None = None) -> str:
     """Train one stage; returns the output directory (holding the final model)."""
     model_args, data_args, args, resolved = parse_args(argv)
+    validate_inputs(model_args, data_args, args)
     logging.basicConfig(level=logging.INFO if args.process_index == 0 else logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
-    if args.stage == 2 and model_args.init_from is None:
-        raise ValueError("stage 2 starts from the stage-1 checkpoint: set init_from")
     set_seed(args.seed)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     if args.process_index == 0:
-        with open(out / "run_config.yaml", "w") as f:
+        with atomic_write(out / "run_config.yaml") as f:
             yaml.safe_dump(resolved, f, sort_keys=True)
 
     model, processor = build(model_args, args.device)
@@ -261,7 +493,8 @@ def main(argv: list[str] | None = None) -> str:
         feature_cache = FeatureCache(data_args.feature_cache_dir, vision_cache_key(model))
         encoder = model.vision.encode_frames
     common = dict(data_root=data_args.data_root, processor=processor, stage=args.stage, fps=data_args.fps, on_error=data_args.on_bad_sample,
-                  cache_decoded=data_args.cache_decoded, feature_cache=feature_cache, encoder=encoder)
+                  cache_decoded=data_args.cache_decoded, feature_cache=feature_cache, encoder=encoder,
+                  allow_outside_root=data_args.allow_outside_root)
     train_set = StreamDataset(data_args.train_annotations, **common)
     eval_set = StreamDataset(data_args.eval_annotations, **common) if data_args.eval_annotations else None
     logger.info("training on %d examples (%d skipped: %s)", len(train_set), sum(train_set.skipped.values()), dict(train_set.skipped))
@@ -271,8 +504,7 @@ def main(argv: list[str] | None = None) -> str:
                       data_collator=StreamCollator(processor.pad_token_id), processing_class=processor.tokenizer)
     resume = args.resume_from_checkpoint
     if resume == "auto":
-        resume = get_last_checkpoint(str(out))
-        logger.info("resume_from_checkpoint auto: %s", resume or f"no checkpoint in {out}, starting fresh")
+        resume = last_complete_checkpoint(out)
     result = trainer.train(resume_from_checkpoint=resume)
     if torch.cuda.is_available():
         logger.info("peak CUDA memory %.1f GiB (rank %d)", torch.cuda.max_memory_allocated() / 2**30, args.process_index)
@@ -290,4 +522,4 @@ def main(argv: list[str] | None = None) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_command("streammind train", main))

@@ -61,6 +61,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from .atomic import atomic_write, write_json
+from .errors import ArgumentParser, run_command
+
 try:  # PyAV is the optional "video" extra; only writing the mp4 files needs it
     import av
 except ImportError:
@@ -499,7 +502,7 @@ def generate_world(out_dir: str | Path, config: WorldConfig | None = None, *, fo
                 write_video(video_dir / f"{index:04d}.mp4", spec, config)
                 records.append(annotation_record(split, index, spec, config))
                 bar.update(1)
-            with open(out_dir / f"{split}.jsonl", "w") as f:
+            with atomic_write(out_dir / f"{split}.jsonl") as f:
                 f.writelines(json.dumps(r) + "\n" for r in records)
             split_stats[split] = {
                 "videos": count,
@@ -515,7 +518,7 @@ def generate_world(out_dir: str | Path, config: WorldConfig | None = None, *, fo
         "num_distinct_queries": len(config.queries()),
         "num_distinct_replies": len(all_replies()),
     }
-    meta_path.write_text(json.dumps(meta, indent=2) + "\n")
+    write_json(meta_path, meta)
     logger.info("generated the world in %s in %.1f s", out_dir, time.perf_counter() - start)
     return {**meta, "out_dir": str(out_dir), "generated": True}
 
@@ -576,7 +579,7 @@ def build_tokenizer(out_dir: str | Path | None = None, texts: list[str] | None =
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     """CLI flags: the output directory plus one ``--field`` per `WorldConfig` field."""
-    parser = argparse.ArgumentParser(prog="python -m streammind.world", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m streammind.world", description=__doc__.split("\n\n")[0])
     parser.add_argument("out_dir", help="where to write videos/, {split}.jsonl, world.json and tokenizer/")
     for f in dataclasses.fields(WorldConfig):
         parser.add_argument(f"--{f.name}", type=type(f.default), default=f.default, help=f"default: {f.default}")
@@ -602,4 +605,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_command("streammind world", main))

@@ -339,8 +339,8 @@ def test_bad_sources_exit_nonzero_with_one_line(model_dir, tmp_path, capsys, kin
 
 
 def test_missing_model_is_one_line(tmp_path, capsys):
-    assert main(["stream", str(tmp_path), "--model", str(tmp_path / "nope")]) == 1
-    assert capsys.readouterr().err.strip().splitlines() == [f"streammind stream: error: {tmp_path / 'nope'}: not a saved StreamMind model (no config.json there)"]
+    assert main(["stream", str(tmp_path), "--model", str(tmp_path / "nope")]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"streammind stream: error: {tmp_path / 'nope'}: no StreamMind checkpoint directory there"]
 
 
 def test_stream_failing_mid_way_is_recorded(tiny):
@@ -417,10 +417,8 @@ def test_missing_subcommand_module_is_one_line(monkeypatch, capsys):
     assert "not available" in capsys.readouterr().err
 
 
-def test_usage_errors_exit_2():
-    with pytest.raises(SystemExit) as err:
-        main(["stream", "clip.mp4"])  # --model is required
-    assert err.value.code == 2
-    with pytest.raises(SystemExit) as err:
-        main(["stream", "clip.mp4", "--model", "m", "--fps", "0"])
-    assert err.value.code == 2
+def test_usage_errors_exit_2(capsys):
+    assert main(["stream", "clip.mp4"]) == 2  # --model is required
+    assert capsys.readouterr().err.startswith("streammind stream: error: the following arguments are required: --model")
+    assert main(["stream", "clip.mp4", "--model", "m", "--fps", "0"]) == 2
+    assert len(capsys.readouterr().err.splitlines()) == 1

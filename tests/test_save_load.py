@@ -10,6 +10,7 @@ import torch
 from transformers import AutoTokenizer, CLIPVisionConfig, CLIPVisionModel, MistralConfig, MistralForCausalLM
 
 from streammind import StreamMindConfig, StreamMindForCausalLM, build_from_parts, load_model, save_model
+from streammind.builder import CheckpointError
 from tests.test_model_tiny import batch_of_two
 
 
@@ -45,9 +46,9 @@ def test_loading_does_not_depend_on_the_directory_name(tiny, tmp_path):
 
 
 def test_missing_checkpoint_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no StreamMind checkpoint"):
+    with pytest.raises(CheckpointError, match="no StreamMind checkpoint"):
         load_model(tmp_path / "nope")
-    with pytest.raises(FileNotFoundError, match="config.json"):
+    with pytest.raises(CheckpointError, match="config.json"):
         load_model(tmp_path)
 
 

@@ -37,18 +37,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from ..atomic import atomic_write
+from ..errors import UserError
+
 STREAM_KEYS = ("video", "query", "turns", "start", "end", "id")
 OFFLINE_KEYS = ("id", "video", "image", "conversations")
 LLAVA_ROLES = {"human": "user", "gpt": "assistant"}
 
 
-class AnnotationError(ValueError):
+class AnnotationError(UserError, ValueError):
     """An annotation file or record is malformed; the message says where and why."""
 
 
 def _is_number(x: Any) -> bool:
-    """A JSON number (bool excluded) that is finite."""
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+    """A JSON number (bool excluded) that is finite (an integer too large for a float is not)."""
+    if not isinstance(x, (int, float)) or isinstance(x, bool):
+        return False
+    try:
+        return math.isfinite(x)
+    except OverflowError:
+        return False
 
 
 def _non_empty_str(record: Mapping[str, Any], key: str, where: str) -> str:
@@ -217,28 +225,51 @@ class StreamAnnotation:
         return cls(**fields)
 
 
-def _read_jsonl(path: str | os.PathLike) -> Iterable[tuple[str, Any]]:
-    """Yield (``file:line``, parsed object) for each non-blank line."""
+def read_jsonl(path: str | os.PathLike) -> Iterable[tuple[str, Any]]:
+    """Yield (``file:line``, parsed object) for each non-blank line of a JSON Lines file.
+
+    Raises:
+        AnnotationError: a missing file, or a line that is not UTF-8 or not JSON (``file:line``).
+    """
     path = Path(path)
     if not path.is_file():
         raise AnnotationError(f"{path}: file not found")
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            where = f"{path}:{lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise AnnotationError(f"{where}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
             if not line.strip():
                 continue
-            where = f"{path}:{lineno}"
             try:
                 yield where, json.loads(line)
             except json.JSONDecodeError as exc:
                 raise AnnotationError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})") from exc
+            except RecursionError as exc:
+                raise AnnotationError(f"{where}: invalid JSON (nested too deeply)") from exc
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Load one JSON document; a missing file, non-UTF-8 bytes or bad JSON raise AnnotationError (``file:line``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise AnnotationError(f"{path}: file not found")
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise AnnotationError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    except json.JSONDecodeError as exc:
+        raise AnnotationError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg} at column {exc.colno})") from exc
+    except RecursionError as exc:
+        raise AnnotationError(f"{path}: invalid JSON (nested too deeply)") from exc
 
 
 def _write_jsonl(rows: Iterable[dict[str, Any]], path: str | os.PathLike) -> int:
-    """Write one compact JSON object per line (UTF-8, non-ASCII kept); return the count."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write one compact JSON object per line (UTF-8, non-ASCII kept) atomically; return the count."""
     n = 0
-    with path.open("w", encoding="utf-8") as f:
+    with atomic_write(path) as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
             n += 1
@@ -252,7 +283,7 @@ def load_annotations(path: str | os.PathLike) -> list[StreamAnnotation]:
         AnnotationError: naming ``file:line`` and the problem (bad JSON, missing key,
             wrong type, empty text, negative or non-increasing times).
     """
-    return [StreamAnnotation.from_dict(obj, where) for where, obj in _read_jsonl(path)]
+    return [StreamAnnotation.from_dict(obj, where) for where, obj in read_jsonl(path)]
 
 
 def save_annotations(records: Iterable[StreamAnnotation], path: str | os.PathLike) -> int:
@@ -396,7 +427,7 @@ def _messages(record: Mapping[str, Any], where: str, role_key: str, text_key: st
 
 def load_offline_samples(path: str | os.PathLike) -> list[OfflineSample]:
     """Read and validate an offline-sample JSON Lines file (errors name ``file:line``)."""
-    return [OfflineSample.from_dict(obj, where) for where, obj in _read_jsonl(path)]
+    return [OfflineSample.from_dict(obj, where) for where, obj in read_jsonl(path)]
 
 
 def save_offline_samples(samples: Iterable[OfflineSample], path: str | os.PathLike) -> int:
@@ -417,11 +448,7 @@ def load_llava_json(path: str | os.PathLike) -> list[OfflineSample]:
     path = Path(path)
     if not path.is_file():
         raise AnnotationError(f"{path}: file not found")
-    try:
-        with path.open(encoding="utf-8") as f:
-            items = json.load(f)
-    except json.JSONDecodeError as exc:
-        raise AnnotationError(f"{path}: invalid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from exc
+    items = read_json(path)
     if not isinstance(items, list):
         raise AnnotationError(f"{path}: expected a JSON list of samples, got {type(items).__name__}")
     samples = []

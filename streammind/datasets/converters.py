@@ -30,13 +30,15 @@ Sources and rules (SPEC §6):
 - LLaVA / VideoChatGPT offline JSON (a list of ``{"id", "video" | "image",
   "conversations": [{"from": "human" | "gpt", "value"}]}``) -> OfflineSample JSON Lines.
 
-Every malformed input raises ``AnnotationError`` naming the file and the item.
+Every malformed input raises ``AnnotationError`` naming the file and the item. The command
+line refuses an OUT that is SRC, never replaces an existing OUT without ``--overwrite``,
+fails without touching OUT when the conversion yields no record, and writes OUT
+atomically (a temporary file renamed at the end).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import re
@@ -49,9 +51,11 @@ from streammind.datasets.annotations import (
     StreamAnnotation,
     Turn,
     load_llava_json,
+    read_json,
     save_annotations,
     save_offline_samples,
 )
+from streammind.errors import ArgumentParser, UserError, run_command
 
 logger = logging.getLogger(__name__)
 
@@ -67,14 +71,8 @@ _GRID_EPS = 1e-9
 
 
 def _read_json(path: Path) -> Any:
-    """Load a JSON file, turning I/O and syntax problems into AnnotationError."""
-    if not path.is_file():
-        raise AnnotationError(f"{path}: file not found")
-    try:
-        with path.open(encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as exc:
-        raise AnnotationError(f"{path}: invalid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from exc
+    """Load a JSON file, turning I/O, encoding and syntax problems into AnnotationError."""
+    return read_json(path)
 
 
 def ceil_to_grid(time_s: float, fps: float) -> float:
@@ -259,13 +257,15 @@ def convert_soccernet_tree(
 
 def _parser() -> argparse.ArgumentParser:
     """Command-line interface: one sub-command per source format."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m streammind.datasets.converters",
         description="Convert upstream annotations to StreamMind JSON Lines (SPEC §6).",
     )
     sub = parser.add_subparsers(dest="format", required=True, help="source annotation format")
+    overwrite = ArgumentParser(add_help=False)
+    overwrite.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
 
-    ego = sub.add_parser("ego4d", help="Ego4D narration stream {video_uid: {annotation_uid: [{time, text}]}}")
+    ego = sub.add_parser("ego4d", parents=[overwrite], help="Ego4D narration stream {video_uid: {annotation_uid: [{time, text}]}}")
     ego.add_argument("src", type=Path, help="narration stream JSON (e.g. refined_narration_stream_val.json)")
     ego.add_argument("out", type=Path, help="output stream-annotation .jsonl")
     ego.add_argument("--fps", type=float, default=2.0, help="grid the narration times are ceiled to (default: 2)")
@@ -275,7 +275,7 @@ def _parser() -> argparse.ArgumentParser:
         "--first-pass-only", action="store_true", help="keep only each video's first annotation pass (original StreamMind eval)"
     )
 
-    soc = sub.add_parser("soccernet", help="SoccerNet / MatchTime Labels-caption.json (a file or a folder to walk)")
+    soc = sub.add_parser("soccernet", parents=[overwrite], help="SoccerNet / MatchTime Labels-caption.json (a file or a folder to walk)")
     soc.add_argument("src", type=Path, help="one Labels-caption.json, or a folder searched recursively")
     soc.add_argument("out", type=Path, help="output stream-annotation .jsonl")
     soc.add_argument("--query", default=SOCCER_QUERY, help=f"user request stored in each record (default: {SOCCER_QUERY!r})")
@@ -284,50 +284,62 @@ def _parser() -> argparse.ArgumentParser:
     soc.add_argument("--match", default=None, help="match folder for a single file (default: the file's parent folder name)")
     soc.add_argument("--halves", type=int, nargs="+", default=None, help="keep only these halves, e.g. --halves 1 (default: all)")
 
-    lla = sub.add_parser("llava", help="LLaVA / VideoChatGPT offline JSON list -> offline-sample JSON Lines")
+    lla = sub.add_parser("llava", parents=[overwrite], help="LLaVA / VideoChatGPT offline JSON list -> offline-sample JSON Lines")
     lla.add_argument("src", type=Path, help="JSON list of {id, video|image, conversations}")
     lla.add_argument("out", type=Path, help="output offline-sample .jsonl")
     return parser
 
 
+def _check_out(src: Path, out: Path, overwrite: bool) -> None:
+    """Refuse OUT = SRC, and an existing OUT without --overwrite, before anything is read."""
+    if out.resolve() == src.resolve():
+        raise UserError(f"{out}: OUT is the source file itself; write somewhere else")
+    if out.is_dir():
+        raise UserError(f"{out}: OUT is a directory; give a .jsonl file path")
+    if out.exists() and not overwrite:
+        raise UserError(f"{out}: already exists; pass --overwrite to replace it")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run a conversion; exits with status 2 and a one-line message on malformed input."""
+    """Run a conversion (errors raise; `run_command` reports them as one line, exit status 2).
+
+    OUT is written only when the conversion yields at least one record.
+    """
     parser = _parser()
     args = parser.parse_args(argv)
+    _check_out(args.src, args.out, args.overwrite)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        if args.format == "ego4d":
-            records = convert_ego4d(
+    if args.format == "ego4d":
+        records = convert_ego4d(
+            _read_json(args.src),
+            fps=args.fps,
+            query=args.query,
+            video_template=args.video_template,
+            first_pass_only=args.first_pass_only,
+            source=str(args.src),
+        )
+    elif args.format == "soccernet":
+        if args.src.is_dir():
+            records = convert_soccernet_tree(
+                args.src, query=args.query, video_template=args.video_template, halves=args.halves, labels_name=args.labels_name
+            )
+        else:
+            records = convert_soccernet(
                 _read_json(args.src),
-                fps=args.fps,
+                match=args.match if args.match is not None else args.src.parent.name,
                 query=args.query,
                 video_template=args.video_template,
-                first_pass_only=args.first_pass_only,
+                halves=args.halves,
                 source=str(args.src),
             )
-            n = save_annotations(records, args.out)
-        elif args.format == "soccernet":
-            if args.src.is_dir():
-                records = convert_soccernet_tree(
-                    args.src, query=args.query, video_template=args.video_template, halves=args.halves, labels_name=args.labels_name
-                )
-            else:
-                records = convert_soccernet(
-                    _read_json(args.src),
-                    match=args.match if args.match is not None else args.src.parent.name,
-                    query=args.query,
-                    video_template=args.video_template,
-                    halves=args.halves,
-                    source=str(args.src),
-                )
-            n = save_annotations(records, args.out)
-        else:
-            n = save_offline_samples(load_llava_json(args.src), args.out)
-    except AnnotationError as exc:
-        parser.exit(2, f"error: {exc}\n")
+    else:
+        records = load_llava_json(args.src)
+    if not records:
+        raise AnnotationError(f"{args.src}: the conversion yields no record (nothing to write; {args.out} left as it was)")
+    n = save_offline_samples(records, args.out) if args.format == "llava" else save_annotations(records, args.out)
     logger.info("wrote %d records to %s", n, args.out)
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_command("python -m streammind.datasets.converters", main))

@@ -10,10 +10,14 @@ One example is one annotation record (a video x annotation pass):
 - gate labels: respond (1) on each turn-end frame, silent (0) on every other frame,
   including the frames after the last turn — stage 2.
 
-Bad input never silently disappears: a missing / undecodable / empty video, an annotation
-past the video's end, two turns on one frame, or an empty turn list either raises (the
-default, `on_error="raise"`) or is skipped and counted (`on_error="skip"`); `skipped`
-holds the counts by reason, and training prints them at the end of the run.
+Bad input never silently disappears: a missing / undecodable / empty video, a video path
+that leaves `data_root` (absolute, or escaping it with `..`; accepted only with
+`allow_outside_root=True`), an annotation past the video's end, two turns on one frame, or
+an empty turn list either raises (the default, `on_error="raise"`) or is skipped and
+counted (`on_error="skip"`); `skipped` holds the counts by reason, and training prints them
+at the end of the run. A dataset left with no example at all raises (`no_usable_records`),
+whatever `on_error` says. The containment check is on the path as written (symbolic links
+inside `data_root` are followed as the owner of the data root set them up).
 
 Optional caches: decoded clips in memory (`cache_decoded`, for small datasets such as the
 synthetic world), and pooled frame features on disk (`FeatureCache`, valid only while the
@@ -34,6 +38,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..errors import UserError
 from ..processing import ChatTurn, StreamMindProcessor
 from .annotations import StreamAnnotation, load_annotations
 from .video import VideoDecodeError, probe_video, read_video
@@ -44,7 +49,7 @@ logger = logging.getLogger(__name__)
 _TIME_EPS = 1e-6
 
 
-class BadSample(Exception):
+class BadSample(UserError):
     """An annotation record that cannot become an example; `reason` is the counted category."""
 
     def __init__(self, reason: str, message: str):
@@ -137,6 +142,7 @@ class StreamDataset(Dataset):
         cache_decoded: keep decoded clips in memory.
         feature_cache: return pooled features instead of pixels, via this cache and `encoder`.
         encoder: callable pixel_values [T, 3, S, S] -> features [T, Dv] (the frozen tower).
+        allow_outside_root: accept video paths that leave `data_root` (absolute or `..`).
     """
 
     def __init__(
@@ -150,6 +156,7 @@ class StreamDataset(Dataset):
         cache_decoded: bool = False,
         feature_cache: FeatureCache | None = None,
         encoder=None,
+        allow_outside_root: bool = False,
     ):
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
@@ -167,6 +174,8 @@ class StreamDataset(Dataset):
         self.feature_cache = feature_cache
         self.encoder = encoder
         self._decoded: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self.allow_outside_root = allow_outside_root
+        self.source = str(annotations) if isinstance(annotations, (str, os.PathLike)) else "the annotation records"
         self.skipped: Counter[str] = Counter()
         self.index = self._validate()
 
@@ -184,6 +193,10 @@ class StreamDataset(Dataset):
             try:
                 if not rec.turns:
                     raise BadSample("no_turns", "the record has an empty turn list")
+                video = Path(rec.video)
+                if not self.allow_outside_root and (video.is_absolute() or os.path.normpath(video).split(os.sep)[0] == os.pardir):
+                    raise BadSample("outside_data_root", f"video path {rec.video} leaves data_root {self.data_root} "
+                                                         "(set allow_outside_root to accept it)")
                 path = self.data_root / rec.video
                 if not path.is_file():
                     raise BadSample("missing_video", f"video file not found: {path}")
@@ -198,6 +211,9 @@ class StreamDataset(Dataset):
                 self._fail(rec, err)
                 continue
             keep.append(i)
+        if not keep:
+            reasons = ", ".join(f"{reason}: {n}" for reason, n in sorted(self.skipped.items())) or "the file holds no record"
+            raise BadSample("no_usable_records", f"{self.source}: no usable example, every record was skipped ({reasons})")
         return keep
 
     def __len__(self) -> int:

@@ -42,6 +42,12 @@ Notable details:
   ``VideoFrame.rotation``. decord 0.6.0 opens files with rotation metadata but fails on
   every frame (and also failed on a short MPEG-TS clip we wrote); when decord cannot
   decode a file's first frame, ``backend="auto"`` logs a warning and uses PyAV.
+- Live sources (URLs, devices) are opened and read with timeouts (``LIVE_TIMEOUT_S``:
+  10 s to open or connect, 10 s without data; ``iter_frames(timeout=...)``), so a server
+  that accepts the connection and never answers ends the stream with a
+  ``VideoDecodeError`` instead of hanging. Their decoding runs in a daemon thread that
+  hands frames over a one-slot queue, so Ctrl-C (KeyboardInterrupt) reaches the caller at
+  once even while FFmpeg is blocked in a read.
 - Broken data. ``iter_frames`` skips frames that fail to decode, counts them in
   ``FrameIterator.skipped`` and logs a warning; a grid time whose frame was lost gets the
   last good frame before it. ``read_video`` does the same and reports the count in
@@ -61,7 +67,9 @@ import itertools
 import logging
 import math
 import os
+import queue
 import re
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -69,6 +77,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+
+from streammind.errors import UserError
 
 try:
     import decord
@@ -95,9 +105,14 @@ _DECORD_CHUNK = 16
 _DECORD_LOOKBACK = 64
 # Tries per frame (each after reopening the reader) before decord declares it broken.
 _DECORD_ATTEMPTS = 3
+# (open, read) timeouts in seconds of URLs and devices: connecting / opening, and the longest
+# wait for data once open.
+LIVE_TIMEOUT_S = (10.0, 10.0)
+# How often a thread waiting for a live source's next frame wakes (to let Ctrl-C through).
+_POLL_S = 0.1
 
 
-class VideoDecodeError(Exception):
+class VideoDecodeError(UserError):
     """A video cannot be read: missing, not a video, undecodable or without frames."""
 
 
@@ -317,15 +332,22 @@ def _warn_skip(stats: _Stats, source: str, what: str) -> None:
 # ------------------------------------------------------------------------------ PyAV
 
 
-def _pyav_open(source: str, options: dict[str, str] | None = None) -> tuple[Any, Any]:
-    """Open a container and its first video stream, mapping failures to VideoDecodeError."""
+def _pyav_open(source: str, options: dict[str, str] | None = None, timeout: tuple[float, float] | None = None) -> tuple[Any, Any]:
+    """Open a container and its first video stream, mapping failures to VideoDecodeError.
+
+    `timeout`: (open, read) seconds (PyAV's interrupt callback); None waits forever.
+    """
     if not _is_live_source(source):
         _check_local_file(source)
     kwargs: dict[str, Any] = {"options": options or {}}
+    if timeout is not None:
+        kwargs["timeout"] = timeout
     if source.startswith("/dev/video"):
         kwargs["format"] = "v4l2"
     try:
         container = av.open(source, **kwargs)
+    except av.ExitError as exc:  # raised only by the interrupt callback, i.e. the open timeout
+        raise VideoDecodeError(f"{source}: no answer within {timeout[0]:g} s (open timeout)") from exc
     except av.FFmpegError as exc:
         raise VideoDecodeError(f"{source}: cannot open as a video ({type(exc).__name__}: {exc.strerror or exc})") from exc
     if not container.streams.video:
@@ -342,7 +364,9 @@ def _pyav_fps(stream: Any) -> float:
     return float(rate) if rate else 0.0
 
 
-def _pyav_frames(container: Any, stream: Any, origin: int | None, stats: _Stats, source: str) -> Iterator[tuple[float, float, Any]]:
+def _pyav_frames(
+    container: Any, stream: Any, origin: int | None, stats: _Stats, source: str, read_timeout: float | None = None
+) -> Iterator[tuple[float, float, Any]]:
     """Decode in presentation order; yield (pts_s, end_s, frame) relative to the origin.
 
     ``origin`` is the first frame's pts in stream ticks; None takes ``stream.start_time``, or
@@ -378,6 +402,8 @@ def _pyav_frames(container: Any, stream: Any, origin: int | None, stats: _Stats,
                     end_s = pts_s + (pts_s - prev_s if prev_s is not None else nominal_period)
                 prev_s = pts_s
                 yield pts_s, end_s, frame
+    except av.ExitError as exc:  # the read timeout of a live source
+        raise VideoDecodeError(f"{source}: no data for {read_timeout:g} s (read timeout)") from exc
     except av.FFmpegError as exc:
         raise VideoDecodeError(f"{source}: demuxing failed ({type(exc).__name__}: {exc.strerror or exc})") from exc
 
@@ -684,6 +710,54 @@ def read_video(
     return _clip_from(path, index, stats, list(_decord_pick(index, times, stats, _LastGood())))
 
 
+def _in_background(items: Iterator[Any], name: str) -> Iterator[Any]:
+    """Run the generator `items` in a daemon thread and yield what it yields, in order.
+
+    The hand-over is a one-slot queue polled every `_POLL_S` seconds, so the calling thread
+    never blocks in C code (FFmpeg) and a KeyboardInterrupt reaches it at once. When the
+    caller stops early, the thread stops at its next item (or when its read times out) and
+    closes the generator (hence the source) itself.
+    """
+    slot: queue.Queue = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def hand_over(message: tuple[str, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                slot.put(message, timeout=_POLL_S)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            for item in items:
+                if not hand_over(("item", item)):
+                    return
+            hand_over(("end", None))
+        except BaseException as exc:  # handed to the caller, who raises it
+            hand_over(("error", exc))
+        finally:
+            items.close()
+
+    threading.Thread(target=work, name=name, daemon=True).start()
+    try:
+        while True:
+            try:
+                kind, value = slot.get(timeout=_POLL_S)
+            except queue.Empty:
+                continue
+            if kind == "item":
+                yield value
+            elif kind == "error":
+                raise value
+            else:
+                return
+    finally:
+        stop.set()
+
+
 class FrameIterator:
     """Iterator of ``(time, frame)`` pairs produced by ``iter_frames``.
 
@@ -698,10 +772,13 @@ class FrameIterator:
         backend: "decord" or "pyav".
     """
 
-    def __init__(self, source: str, fps: float, backend: str, options: dict[str, str] | None, auto: bool) -> None:
+    def __init__(
+        self, source: str, fps: float, backend: str, options: dict[str, str] | None, auto: bool, timeout: tuple[float, float] | None = None
+    ) -> None:
         if not fps > 0 or not math.isfinite(fps):
             raise ValueError(f"fps must be a positive finite number, got {fps}")
         self.source = source
+        self.timeout = timeout
         self.fps = fps
         self.backend = backend
         self._auto = auto
@@ -740,6 +817,8 @@ class FrameIterator:
                     self.backend = "pyav"
             if self.backend == "decord":
                 yield from self._run_decord(index)
+            elif _is_live_source(self.source):
+                yield from _in_background(self._run_pyav(), name=f"streammind-read {self.source}")
             else:
                 yield from self._run_pyav()
         finally:
@@ -749,9 +828,9 @@ class FrameIterator:
                 logger.warning("%s: %d grid times precede the first decodable frame and were dropped", self.source, self._stats.dropped)
 
     def _run_pyav(self) -> Iterator[tuple[float, np.ndarray]]:
-        container, stream = _pyav_open(self.source, self._options)
+        container, stream = _pyav_open(self.source, self._options, self.timeout)
         with container:
-            decoded = _pyav_frames(container, stream, None, self._stats, self.source)
+            decoded = _pyav_frames(container, stream, None, self._stats, self.source, self.timeout[1] if self.timeout else None)
             for t, pts, frame in _follow_grid(decoded, self._grid(), None, self._stats):
                 self.last_pts = pts
                 yield t, _pyav_rgb(frame)
@@ -770,6 +849,7 @@ def iter_frames(
     fps: float = 2.0,
     backend: Backend = "auto",
     options: dict[str, str] | None = None,
+    timeout: tuple[float, float] | None = LIVE_TIMEOUT_S,
 ) -> FrameIterator:
     """Stream ``(time, frame)`` pairs on the grid ``k / fps`` from a file, URL or device.
 
@@ -783,6 +863,9 @@ def iter_frames(
         fps: target sampling rate, > 0.
         backend: "auto" (decord for files if installed, else PyAV), "decord" or "pyav".
         options: PyAV/FFmpeg open options, e.g. ``{"rtsp_transport": "tcp"}``.
+        timeout: (open, read) seconds for URLs and devices: the longest wait to open or
+            connect, and for data once open (a ``VideoDecodeError`` when exceeded); None
+            waits forever. Files are read without a timeout.
 
     Returns:
         FrameIterator; its ``skipped`` attribute counts frames lost to decode errors.
@@ -791,4 +874,7 @@ def iter_frames(
     name = _resolve_backend(backend, source)
     if options and name != "pyav":
         raise ValueError("options are PyAV open options; they need backend='pyav'")
-    return FrameIterator(source, fps, name, options, auto=backend == "auto")
+    if timeout is not None and (len(timeout) != 2 or not all(math.isfinite(t) and t > 0 for t in timeout)):
+        raise ValueError(f"timeout must be (open, read) positive finite seconds, got {timeout}")
+    live = _is_live_source(source)
+    return FrameIterator(source, fps, name, options, auto=backend == "auto", timeout=tuple(timeout) if timeout and live else None)

@@ -22,8 +22,10 @@ from streammind.datasets.converters import (
     narration_turns,
     parse_game_time,
 )
+from streammind.errors import run_command
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+PROG = "python -m streammind.datasets.converters"
 EGO4D = FIXTURES / "ego4d_narration_stream.json"
 SOCCER = FIXTURES / "soccernet"
 CHELSEA = "england_epl_2014-2015/2015-02-21 - 18-00 Chelsea 1 - 1 Burnley"
@@ -187,14 +189,11 @@ def test_cli_llava(tmp_path):
 def test_cli_reports_bad_input(tmp_path, capsys):
     bad = tmp_path / "Labels-caption.json"
     bad.write_text(json.dumps({"annotations": [{"gameTime": "first half", "anonymized": "x"}]}))
-    with pytest.raises(SystemExit) as exit_info:
-        main(["soccernet", str(bad), str(tmp_path / "out.jsonl")])
-    assert exit_info.value.code == 2
-    assert f"error: {bad}: annotation 0: malformed gameTime 'first half'" in capsys.readouterr().err
+    assert run_command(PROG, main, ["soccernet", str(bad), str(tmp_path / "out.jsonl")]) == 2
+    assert f"{PROG}: error: {bad}: annotation 0: malformed gameTime 'first half'" in capsys.readouterr().err
     assert not (tmp_path / "out.jsonl").exists()
 
-    with pytest.raises(SystemExit):
-        main(["soccernet", str(tmp_path / "empty_dir_missing"), str(tmp_path / "o.jsonl")])
+    assert run_command(PROG, main, ["soccernet", str(tmp_path / "empty_dir_missing"), str(tmp_path / "o.jsonl")]) == 2
     assert "file not found" in capsys.readouterr().err
 
 

@@ -24,6 +24,7 @@ from eval.qa_open import (
     main,
     parse_judgement,
 )
+from streammind.errors import run_command
 from tests.eval.offline_support import FIXTURES, data_root, save_tiny_model, world_video
 
 FAKE_KEY = "dummy-key-for-tests"
@@ -142,7 +143,7 @@ def test_judge_errors(serve):
     with socket.socket() as probe:  # a port nothing listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    with pytest.raises(JudgeError, match="URLError"):
+    with pytest.raises(JudgeError, match="ConnectError"):
         _judge(f"http://127.0.0.1:{port}/v1", max_attempts=2, timeout_s=2.0).judge(question="q", prediction="p", reference="r")
 
 
@@ -233,9 +234,10 @@ def test_end_to_end_counts_failed_judgements(tmp_path, small_world, model_dir, s
 
 def test_missing_judge_configuration_fails_before_the_model(monkeypatch, capsys, tmp_path):
     monkeypatch.delenv("STREAMMIND_JUDGE_BASE_URL", raising=False)
-    with pytest.raises(SystemExit) as exit_:
-        main(["--dataset", "msvd", "--model", str(tmp_path / "no-model"), "--data-root", str(tmp_path), "--out", str(tmp_path / "o")])
-    assert exit_.value.code == 2 and "STREAMMIND_JUDGE_BASE_URL" in capsys.readouterr().err
+    argv = ["--dataset", "msvd", "--model", str(tmp_path / "no-model"), "--data-root", str(tmp_path), "--out", str(tmp_path / "o")]
+    assert run_command("python -m eval.qa_open", main, argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("python -m eval.qa_open: error: the QA judge is not configured") and "STREAMMIND_JUDGE_BASE_URL" in err
 
 
 def test_end_to_end_activitynet_without_judge(tmp_path, small_world, model_dir):
