@@ -38,7 +38,6 @@ from pathlib import Path
 import torch
 import yaml
 from transformers import AutoTokenizer, CLIPVisionModel, HfArgumentParser, Trainer, TrainerCallback, TrainingArguments, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
 from .builder import build_from_parts, build_model, load_model
 from .configuration import StreamMindConfig
@@ -279,6 +278,24 @@ def fill_feature_cache(model, processor, data_args: DataArguments, args: StreamM
     return cache
 
 
+def last_complete_checkpoint(out: Path, move_aside: bool) -> str | None:
+    """The newest `checkpoint-N` in `out` holding trainer_state.json (the Trainer writes it last),
+    so that a run killed while saving resumes from the checkpoint before, not a partial one.
+
+    Newer incomplete checkpoints are renamed `incomplete-checkpoint-N` when `move_aside` (on the
+    process that saves): left in place, the Trainer's rotation (`save_total_limit`) would count
+    them as the newest and delete the checkpoints the resumed run writes.
+    """
+    steps = {int(m.group(1)): p for p in out.glob("checkpoint-*") if p.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", p.name))}
+    for step in sorted(steps, reverse=True):
+        if (steps[step] / "trainer_state.json").is_file():
+            return str(steps[step])
+        logger.warning("passing over %s: incomplete (no trainer_state.json; the run was killed while saving it)", steps[step])
+        if move_aside:
+            steps[step].rename(steps[step].with_name(f"incomplete-checkpoint-{step}"))
+    return None
+
+
 class StepTimes(TrainerCallback):
     """Wall time between optimizer steps; logs the median (the first step, with its warm-up, apart)."""
 
@@ -331,7 +348,7 @@ def main(argv: list[str] | None = None) -> str:
                       data_collator=StreamCollator(processor.pad_token_id), processing_class=processor.tokenizer, callbacks=[StepTimes()])
     resume = args.resume_from_checkpoint
     if resume == "auto":
-        resume = get_last_checkpoint(str(out))
+        resume = last_complete_checkpoint(out, move_aside=args.should_save)
         logger.info("resume_from_checkpoint auto: %s", resume or f"no checkpoint in {out}, starting fresh")
     result = trainer.train(resume_from_checkpoint=resume)
     if torch.cuda.is_available():
