@@ -189,13 +189,13 @@ def extract_features(
 
     # A private generator: drawing the workers' base seed must not move the training RNG.
     loader = DataLoader(_DecodedClips(todo, fps, frame_processor), batch_size=None, collate_fn=_as_is, num_workers=num_workers,
-                        pin_memory=device.type == "cuda", generator=torch.Generator())
+                        generator=torch.Generator())
     pending: list[tuple[Clip, torch.Tensor, np.ndarray]] = []
 
     def flush() -> None:
         pixels = torch.cat([p for _, p, _ in pending])  # [N, 3, S, S]
         with torch.no_grad():
-            feats = vision.encode_frames(pixels.to(device, non_blocking=True), chunk_size=batch_size)  # [N, Dv]
+            feats = vision.encode_frames(pixels.to(device), chunk_size=batch_size)  # [N, Dv]
         for (clip, _, times), f in zip(pending, feats.split([len(p) for _, p, _ in pending])):
             cache.store(clip.video, fps, clip.start, clip.end, f, times)
             stats.extracted += 1

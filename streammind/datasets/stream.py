@@ -132,7 +132,7 @@ class FeatureCache:
         """Write a clip's features [T, Dv] and frame times [T] (atomically; drops a failure note)."""
         p = self.path(video, fps, start, end)
         p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_suffix(f".{os.getpid()}.tmp")  # ranks of one run may store the same clip at once
+        tmp = p.with_name(f"{p.name}.{os.getpid()}.tmp")  # ranks of one run may store the same clip at once
         torch.save({"features": features.detach().cpu(), "times": torch.as_tensor(np.asarray(times), dtype=torch.float64)}, tmp)
         tmp.replace(p)
         p.with_suffix(".failed").unlink(missing_ok=True)
@@ -141,7 +141,7 @@ class FeatureCache:
         """Record that the clip cannot be decoded (`reason` is a BadSample category)."""
         p = self.path(video, fps, start, end).with_suffix(".failed")
         p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_suffix(f".{os.getpid()}.tmp")
+        tmp = p.with_name(f"{p.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps({"reason": reason, "message": message}))
         tmp.replace(p)
 
@@ -289,7 +289,7 @@ class StreamDataset(Dataset):
         raise MissingFeatures(
             f"{video} (fps {self.fps:g}, window [{rec.start}, {rec.end})) is not in the feature cache "
             f"{self.feature_cache.directory}; fill it first on the training device: streammind features {annotations} "
-            f"--data-root {self.data_root} --model <model dir> --out {self.feature_cache.root} --fps {self.fps:g} "
+            f"--data-root {self.data_root} (--model <saved model> | --clip <tower>) --out {self.feature_cache.root} --fps {self.fps:g} "
             "(streammind.train does this itself when feature_cache_dir is set)"
         )
 
