@@ -100,6 +100,13 @@ def test_feature_cache_round_trip_and_key(small_world, tiny_tokenizer, tmp_path,
         hit = StreamDataset(records, small_world, processor, stage=stage, feature_cache=cache)[0]
         assert torch.equal(hit["frame_features"], features[: len(hit["frame_features"])])
     assert hit["gate_labels"] == uncached["gate_labels"]
+    # With cache_decoded, a clip's file is read once, not once per epoch.
+    reads = []
+    monkeypatch.setattr(FeatureCache, "load", lambda self, *a: reads.append(a) or (features, np.arange(len(features)) / 2.0))
+    kept = StreamDataset(records, small_world, processor, stage=2, feature_cache=cache, cache_decoded=True)
+    assert torch.equal(kept[0]["frame_features"], kept[0]["frame_features"]) and len(reads) == 1
+    StreamDataset(records, small_world, processor, stage=2, feature_cache=cache)[0]
+    assert len(reads) == 2
     # Anything that changes features changes the key.
     other, _ = make_tiny(tiny_tokenizer, seed=1)
     assert vision_cache_key(other.config, other.vision) != key

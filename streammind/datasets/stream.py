@@ -15,9 +15,10 @@ past the video's end, two turns on one frame, or an empty turn list either raise
 default, `on_error="raise"`) or is skipped and counted (`on_error="skip"`); `skipped`
 holds the counts by reason, and training prints them at the end of the run.
 
-Optional caches: decoded clips in memory (`cache_decoded`, for small datasets such as the
-synthetic world), and pooled frame features on disk (`FeatureCache`, valid only while the
-vision tower is frozen) keyed by everything that affects them.
+Optional caches: decoded clips (or their cached features) in memory (`cache_decoded`, for
+small datasets such as the synthetic world), and pooled frame features on disk
+(`FeatureCache`, valid only while the vision tower is frozen) keyed by everything that
+affects them.
 
 The dataset never holds or calls a model: examples are CPU tensors (preprocessed pixel values,
 or cached features), so data-loader workers never touch the tower or CUDA. The feature cache
@@ -198,7 +199,7 @@ class StreamDataset(Dataset):
         stage: 1 (dialogue + LM labels) or 2 (per-frame gate labels); "both" gives both.
         fps: sampling rate (default: the model config's `frames_per_second`).
         on_error: "raise" or "skip" (skips are counted in `skipped`).
-        cache_decoded: keep decoded clips in memory.
+        cache_decoded: keep decoded clips (with a feature cache: their features) in memory.
         feature_cache: return pooled features [T, Dv] read from this cache instead of pixels;
             every clip must be in it (`streammind.features` fills it), else `MissingFeatures`.
     """
@@ -228,6 +229,7 @@ class StreamDataset(Dataset):
         self.feature_cache = feature_cache
         self.annotations = str(annotations) if isinstance(annotations, (str, os.PathLike)) else None
         self._decoded: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._features: dict[int, tuple[torch.Tensor, np.ndarray]] = {}
         self.skipped: Counter[str] = Counter()
         self.index = self._validate()
 
@@ -276,11 +278,15 @@ class StreamDataset(Dataset):
             self._decoded[i] = out
         return out
 
-    def _cached_features(self, rec: StreamAnnotation) -> tuple[torch.Tensor, np.ndarray]:
-        """(features [T, Dv], frame times [T]) of the record's clip from the feature cache."""
+    def _cached_features(self, i: int, rec: StreamAnnotation) -> tuple[torch.Tensor, np.ndarray]:
+        """(features [T, Dv], frame times [T]) of record i's clip from the feature cache."""
+        if i in self._features:
+            return self._features[i]
         video = str(self.data_root / rec.video)
         cached = self.feature_cache.load(video, self.fps, rec.start, rec.end)
         if cached is not None:
+            if self.cache_decoded:  # small datasets: one file read per clip, not one per epoch
+                self._features[i] = cached
             return cached
         failed = self.feature_cache.failure(video, self.fps, rec.start, rec.end)
         if failed is not None:
@@ -298,7 +304,7 @@ class StreamDataset(Dataset):
         rec = self.records[self.index[i]]
         feats = None
         if self.feature_cache is not None:
-            feats, times = self._cached_features(rec)
+            feats, times = self._cached_features(self.index[i], rec)
         else:
             frames, times = self._frames(self.index[i], rec)
         ends = turn_end_frames(times, [t.time for t in rec.turns])
