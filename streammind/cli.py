@@ -1,4 +1,4 @@
-"""The `streammind` command: `streammind {stream,eval,bench,quickstart,world,pretrain-tower,train,convert} ...`.
+"""The `streammind` command: `streammind {stream,eval,bench,quickstart,world,pretrain-tower,features,train,convert} ...`.
 
 `stream` runs a saved model over a video file, a webcam, an RTSP/HTTP URL or a folder of
 images, printing `[mm:ss.s] reply` lines as replies happen (the runtime pieces live in
@@ -53,6 +53,7 @@ DELEGATED = {
     "quickstart": ("streammind.quickstart", "generate the synthetic world, train the tiny model, evaluate (streammind.quickstart)"),
     "world": ("streammind.world", "generate the synthetic world and its tokenizer (streammind.world)"),
     "pretrain-tower": ("streammind.tower_pretrain", "CLIP-style pretraining of the tiny tower on a world (streammind.tower_pretrain)"),
+    "features": ("streammind.features", "extract and cache the frozen tower's pooled frame features (streammind.features)"),
     "train": ("streammind.train", "train one stage from a YAML config (streammind.train)"),
     "convert": ("streammind.convert", "conversion tools (streammind.convert)"),
 }

@@ -29,6 +29,12 @@ the file (or flag) and the field:
 - the annotation files and data root must exist and `init_from` must be a StreamMind
   checkpoint; the annotations are parsed (errors name `file:line`).
 
+With `feature_cache_dir` set (the tower is frozen), the clips of the annotations missing from
+the cache are extracted first, in the main process on the training device (the extraction
+pass of `streammind.features`; each rank takes its shard, then all wait at a barrier), so
+the data loaders and their workers only read cached features and never touch the model or
+CUDA. At the end, the median seconds per optimizer step and the peak CUDA memory are logged.
+
 Reference: SPEC §5, STYLE §4.2 and §4.7.
 """
 
@@ -40,7 +46,9 @@ import json
 import logging
 import math
 import re
+import statistics
 import sys
+import time
 import types
 import typing
 from collections import Counter
@@ -49,7 +57,7 @@ from pathlib import Path
 
 import torch
 import yaml
-from transformers import AutoTokenizer, CLIPVisionModel, HfArgumentParser, Trainer, TrainingArguments, set_seed
+from transformers import AutoTokenizer, CLIPVisionModel, HfArgumentParser, Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from .atomic import atomic_write
 from .builder import CheckpointError, build_from_parts, build_model, load_model, read_config, weight_files
@@ -58,6 +66,7 @@ from .datasets.annotations import load_annotations
 from .datasets.collator import StreamCollator
 from .datasets.stream import FeatureCache, StreamDataset, vision_cache_key
 from .errors import UserError, run_command
+from .features import clips_of, extract_features, shard
 
 logger = logging.getLogger("streammind.train")
 
@@ -408,8 +417,13 @@ def checkpoint_problem(directory: str | Path) -> str | None:
     return None
 
 
-def last_complete_checkpoint(output_dir: str | Path) -> str | None:
-    """The newest complete `checkpoint-N` in `output_dir` (None if there is none); logs the skipped ones."""
+def last_complete_checkpoint(output_dir: str | Path, move_aside: bool = False) -> str | None:
+    """The newest complete `checkpoint-N` in `output_dir` (None if there is none); logs the skipped ones.
+
+    With `move_aside` (on the process that saves), the incomplete checkpoints newer than it are
+    renamed `incomplete-checkpoint-N`: left in place, the Trainer's rotation (`save_total_limit`)
+    would count them as the newest and delete the checkpoints the resumed run writes.
+    """
     output_dir = Path(output_dir)
     found = []
     if output_dir.is_dir():
@@ -423,6 +437,8 @@ def last_complete_checkpoint(output_dir: str | Path) -> str | None:
             logger.info("resume_from_checkpoint auto: %s", path)
             return str(path)
         logger.warning("resume_from_checkpoint auto: skipping incomplete %s: %s", path.name, problem)
+        if move_aside:
+            path.rename(path.with_name(f"incomplete-{path.name}"))
     logger.info("resume_from_checkpoint auto: no complete checkpoint in %s, starting fresh", output_dir)
     return None
 
@@ -468,6 +484,61 @@ def apply_lora(model, model_args: ModelArguments) -> None:
     model.language_model = get_peft_model(model.language_model, cfg)
 
 
+def fill_feature_cache(model, processor, data_args: DataArguments, args: StreamMindTrainingArguments) -> FeatureCache:
+    """Extract the pooled features of every clip missing from `feature_cache_dir`, on `args.device`.
+
+    Every rank derives the same clip list (train + eval annotations) and extracts its shard
+    (rank i of n takes clips i, i + n, ...), decoding in `dataloader_num_workers` processes;
+    then all ranks wait at a barrier and check that every clip is now cached (a cache directory
+    that is not shared by all ranks would leave other ranks' clips missing here).
+    """
+    if any(p.requires_grad for p in model.vision.parameters()):
+        raise ValueError("feature_cache_dir caches frozen-tower features, but the vision tower is trainable in this stage")
+    if any(p.numel() == 0 for p in model.vision.parameters()):
+        raise ValueError("the vision tower's weights are partitioned (ZeRO-3 init): fill feature_cache_dir first with `streammind features`")
+    start = time.perf_counter()
+    model.vision.to(args.device)  # where the Trainer puts it anyway
+    cache = FeatureCache(data_args.feature_cache_dir, vision_cache_key(model.config, model.vision))
+    fps = data_args.fps or processor.config.frames_per_second
+    paths = [p for p in (data_args.train_annotations, data_args.eval_annotations) if p]
+    clips = clips_of([rec for path in paths for rec in load_annotations(path)], data_args.data_root)
+    mine = shard(clips, args.process_index, args.world_size)
+    logger.info("feature cache %s (key in %.1f s): %d clips at %g fps, this rank's shard %d of %d: %d",
+                cache.directory, time.perf_counter() - start, len(clips), fps, args.process_index, args.world_size, len(mine))
+    stats = extract_features(model.vision, processor.frame_processor, cache, mine, fps, device=args.device,
+                             num_workers=args.dataloader_num_workers, progress=args.process_index == 0 and not args.disable_tqdm)
+    logger.info("feature extraction (rank %d): %s", args.process_index, stats.summary())
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+    missing = [c for c in clips if Path(c.video).is_file() and not cache.contains(c.video, fps, c.start, c.end)
+               and cache.failure(c.video, fps, c.start, c.end) is None]
+    if missing:
+        raise RuntimeError(f"{len(missing)} clips (e.g. {missing[0].video}) are still missing from {cache.directory} after extraction: "
+                           "feature_cache_dir must be on a filesystem shared by all ranks (or fill it on every host with `streammind features`)")
+    return cache
+
+
+class StepTimes(TrainerCallback):
+    """Wall time between optimizer steps; logs the median (the first step, with its warm-up, apart)."""
+
+    def __init__(self):
+        self.ends: list[float] = []
+        self.start = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.ends.append(time.perf_counter())
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if not self.ends:
+            return
+        gaps = [b - a for a, b in zip(self.ends, self.ends[1:])]
+        median = f"{statistics.median(gaps):.3f}" if gaps else "n/a"
+        logger.info("optimizer steps: %d, first %.3f s, then median %s s per step", len(self.ends), self.ends[0] - self.start, median)
+
+
 def main(argv: list[str] | None = None) -> str:
     """Train one stage; returns the output directory (holding the final model)."""
     model_args, data_args, args, resolved = parse_args(argv)
@@ -486,14 +557,9 @@ def main(argv: list[str] | None = None) -> str:
     table = set_trainable(model, args.trainable)
     logger.info("stage %d, world size %d, parameters:\n%s", args.stage, args.world_size, table)
 
-    feature_cache = encoder = None
-    if data_args.feature_cache_dir:
-        if any(p.requires_grad for p in model.vision.parameters()):
-            raise ValueError("feature_cache_dir caches frozen-tower features, but the vision tower is trainable in this stage")
-        feature_cache = FeatureCache(data_args.feature_cache_dir, vision_cache_key(model))
-        encoder = model.vision.encode_frames
+    feature_cache = fill_feature_cache(model, processor, data_args, args) if data_args.feature_cache_dir else None
     common = dict(data_root=data_args.data_root, processor=processor, stage=args.stage, fps=data_args.fps, on_error=data_args.on_bad_sample,
-                  cache_decoded=data_args.cache_decoded, feature_cache=feature_cache, encoder=encoder,
+                  cache_decoded=data_args.cache_decoded, feature_cache=feature_cache,
                   allow_outside_root=data_args.allow_outside_root)
     train_set = StreamDataset(data_args.train_annotations, **common)
     eval_set = StreamDataset(data_args.eval_annotations, **common) if data_args.eval_annotations else None
@@ -501,10 +567,10 @@ def main(argv: list[str] | None = None) -> str:
 
     args.remove_unused_columns = False
     trainer = Trainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
-                      data_collator=StreamCollator(processor.pad_token_id), processing_class=processor.tokenizer)
+                      data_collator=StreamCollator(processor.pad_token_id), processing_class=processor.tokenizer, callbacks=[StepTimes()])
     resume = args.resume_from_checkpoint
     if resume == "auto":
-        resume = last_complete_checkpoint(out)
+        resume = last_complete_checkpoint(out, move_aside=args.should_save)
     result = trainer.train(resume_from_checkpoint=resume)
     if torch.cuda.is_available():
         logger.info("peak CUDA memory %.1f GiB (rank %d)", torch.cuda.max_memory_allocated() / 2**30, args.process_index)

@@ -13,7 +13,7 @@ import torch
 
 from streammind.datasets.annotations import load_annotations
 from streammind.datasets.collator import StreamCollator
-from streammind.datasets.stream import BadSample, FeatureCache, StreamDataset, turn_end_frames, vision_cache_key
+from streammind.datasets.stream import BadSample, FeatureCache, MissingFeatures, StreamDataset, turn_end_frames, vision_cache_key
 from tests.conftest import make_tiny
 
 
@@ -79,17 +79,16 @@ def test_bad_records_raise_or_are_counted(small_world, tiny_tokenizer, tmp_path)
 
 def test_feature_cache_round_trip_and_key(small_world, tiny_tokenizer, tmp_path, monkeypatch):
     model, processor = make_tiny(tiny_tokenizer)
-    key = vision_cache_key(model)
+    key = vision_cache_key(model.config, model.vision)
     cache = FeatureCache(tmp_path, key)
     records = load_annotations(small_world / "train.jsonl")[:2]
-    ds = StreamDataset(records, small_world, processor, stage=2, feature_cache=cache, encoder=model.vision.encode_frames)
-    first = ds[0]["frame_features"]
-    assert len(list(tmp_path.rglob("*.pt"))) == 1
-    again = ds[0]["frame_features"]
-    assert torch.equal(first, again)
     uncached = StreamDataset(records, small_world, processor, stage=2)[0]
     with torch.no_grad():
-        assert torch.allclose(model.vision(uncached["pixel_values"]), first, atol=1e-6)
+        features = model.vision(uncached["pixel_values"])
+    video = str(small_world / records[0].video)
+    cache.store(video, 2.0, None, None, features, np.arange(len(features)) / 2.0)
+    assert cache.contains(video, 2.0, None, None) and not cache.contains(video, 4.0, None, None)
+    assert len(list(tmp_path.rglob("*.pt"))) == 1 and not list(tmp_path.rglob("*.tmp"))
     # A cache hit never decodes the video: frame times come from the cache too.
     import streammind.datasets.stream as stream_module
 
@@ -98,11 +97,39 @@ def test_feature_cache_round_trip_and_key(small_world, tiny_tokenizer, tmp_path,
 
     monkeypatch.setattr(stream_module, "read_video", no_decoding)
     for stage in (1, 2):
-        hit = StreamDataset(records, small_world, processor, stage=stage, feature_cache=cache, encoder=model.vision.encode_frames)[0]
-        assert torch.equal(hit["frame_features"], first[: len(hit["frame_features"])])
+        hit = StreamDataset(records, small_world, processor, stage=stage, feature_cache=cache)[0]
+        assert torch.equal(hit["frame_features"], features[: len(hit["frame_features"])])
     assert hit["gate_labels"] == uncached["gate_labels"]
+    # With cache_decoded, a clip's file is read once, not once per epoch.
+    reads = []
+    monkeypatch.setattr(FeatureCache, "load", lambda self, *a: reads.append(a) or (features, np.arange(len(features)) / 2.0))
+    kept = StreamDataset(records, small_world, processor, stage=2, feature_cache=cache, cache_decoded=True)
+    assert torch.equal(kept[0]["frame_features"], kept[0]["frame_features"]) and len(reads) == 1
+    StreamDataset(records, small_world, processor, stage=2, feature_cache=cache)[0]
+    assert len(reads) == 2
     # Anything that changes features changes the key.
     other, _ = make_tiny(tiny_tokenizer, seed=1)
-    assert vision_cache_key(other) != key
+    assert vision_cache_key(other.config, other.vision) != key
     pooled, _ = make_tiny(tiny_tokenizer, frame_pooling="max")  # the tiny preset pools by mean
-    assert vision_cache_key(pooled) != vision_cache_key(make_tiny(tiny_tokenizer)[0])
+    assert vision_cache_key(pooled.config, pooled.vision) != key
+    # Metadata of the tower's config does not: a tower named by another path is the same tower.
+    model.config.vision_config._name_or_path = "somewhere/else"
+    assert vision_cache_key(model.config, model.vision) == key
+    assert vision_cache_key(model.config, model.vision.to(torch.bfloat16)) != key  # another dtype, other features
+
+
+def test_a_clip_missing_from_the_cache_names_the_clip_and_the_command(small_world, tiny_tokenizer, tmp_path):
+    model, processor = make_tiny(tiny_tokenizer)
+    cache = FeatureCache(tmp_path, vision_cache_key(model.config, model.vision))
+    ds = StreamDataset(small_world / "train.jsonl", small_world, processor, feature_cache=cache)
+    record = ds.records[ds.index[0]]
+    with pytest.raises(MissingFeatures, match=rf"{record.video}.*streammind features .*train.jsonl --data-root .* --out {tmp_path}"):
+        ds[0]
+    # A clip the extraction pass could not decode is a bad sample: raised or skipped and counted.
+    cache.mark_failed(str(small_world / record.video), 2.0, record.start, record.end, "undecodable_video", "moov atom not found")
+    with pytest.raises(BadSample, match="moov atom not found"):
+        ds[0]
+    skipping = StreamDataset(small_world / "train.jsonl", small_world, processor, feature_cache=cache, on_error="skip")
+    with pytest.raises(MissingFeatures):  # the next clip is simply not cached: that is never skipped
+        skipping[0]
+    assert skipping.skipped == {"undecodable_video": 1}

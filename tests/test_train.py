@@ -85,7 +85,10 @@ def test_stage1_then_stage2_train_what_they_declare(small_world, small_tower, tm
 def test_resume_continues_from_the_last_checkpoint(small_world, small_tower, tmp_path):
     out = tmp_path / "run"
     main(_stage_args(small_world, small_tower, out, 1, ["--save_steps", "1", "--save_total_limit", "2"]))
+    (out / "checkpoint-7").mkdir()  # a run killed while saving: no trainer_state.json, so it is passed over
+    (out / "checkpoint-7" / "model.safetensors").write_bytes(b"partial")
     main(_stage_args(small_world, small_tower, out, 1, ["--max_steps", "3", "--resume_from_checkpoint", "auto", "--save_steps", "1"]))
+    assert (out / "incomplete-checkpoint-7").is_dir() and not (out / "checkpoint-7").exists()
     state = json.loads((out / "checkpoint-3" / "trainer_state.json").read_text())
     assert state["global_step"] == 3
     assert [h["step"] for h in state["log_history"] if "loss" in h] == [1, 2, 3]

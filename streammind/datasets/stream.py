@@ -19,9 +19,16 @@ at the end of the run. A dataset left with no example at all raises (`no_usable_
 whatever `on_error` says. The containment check is on the path as written (symbolic links
 inside `data_root` are followed as the owner of the data root set them up).
 
-Optional caches: decoded clips in memory (`cache_decoded`, for small datasets such as the
-synthetic world), and pooled frame features on disk (`FeatureCache`, valid only while the
-vision tower is frozen) keyed by everything that affects them.
+Optional caches: decoded clips (or their cached features) in memory (`cache_decoded`, for
+small datasets such as the synthetic world), and pooled frame features on disk
+(`FeatureCache`, valid only while the vision tower is frozen) keyed by everything that
+affects them.
+
+The dataset never holds or calls a model: examples are CPU tensors (preprocessed pixel values,
+or cached features), so data-loader workers never touch the tower or CUDA. The feature cache
+is filled beforehand, on the training device, by the extraction pass (`streammind.features`;
+`streammind.train` runs it itself when `feature_cache_dir` is set); a clip missing from the
+cache raises `MissingFeatures`, naming the clip and the command that fills the cache.
 """
 
 from __future__ import annotations
@@ -47,6 +54,10 @@ logger = logging.getLogger(__name__)
 
 # Annotation times are compared with frame times with this slack (float rounding of k / fps).
 _TIME_EPS = 1e-6
+
+
+class MissingFeatures(UserError, LookupError):
+    """A clip has no entry in the feature cache: the extraction pass has not run over it."""
 
 
 class BadSample(UserError):
@@ -83,23 +94,37 @@ def turn_end_frames(frame_times: np.ndarray, turn_times: list[float]) -> list[in
 class FeatureCache:
     """Pooled CLIP features on disk, one file per clip, under a key of everything that affects them.
 
-    Each file holds the features and the clip's frame times, so a cached clip is never decoded
-    again.
+    Layout: `root/<model_key>/<clip digest>.pt`, the clip digest covering the video's absolute
+    path, size and mtime, the sampling fps and the [start, end) window. Each file holds the
+    features [T, Dv] (in the tower's dtype) and the frame times [T], so a cached clip is never
+    decoded again. A clip that cannot be decoded gets a `<clip digest>.failed` JSON note
+    (reason, message) instead, so that every rank's dataset can skip or raise on it.
+
+    Writes are atomic (a temporary file renamed into place): a killed extraction leaves no
+    partial entry, and several ranks may store the same clip at once.
 
     Args:
         root: cache directory.
-        model_key: identifies the frozen tower (`vision_cache_key(model)`).
+        model_key: identifies the frozen tower (`vision_cache_key(config, vision)`).
     """
 
     root: str | os.PathLike
     model_key: str
-    FORMAT = 2  # bumped when the file content changes; older files are simply not found
+    FORMAT = 3  # bumped when the file content or the key changes; older files are simply not found
+
+    @property
+    def directory(self) -> Path:
+        return Path(self.root) / self.model_key
 
     def path(self, video: str, fps: float, start: float | None, end: float | None) -> Path:
         stat = os.stat(video)
         clip_key = json.dumps([self.FORMAT, os.path.abspath(video), stat.st_size, int(stat.st_mtime), fps, start, end])
         digest = hashlib.sha1(clip_key.encode()).hexdigest()[:20]
-        return Path(self.root) / self.model_key / f"{digest}.pt"
+        return self.directory / f"{digest}.pt"
+
+    def contains(self, video, fps, start, end) -> bool:
+        """Whether the clip's features are cached."""
+        return self.path(video, fps, start, end).exists()
 
     def load(self, video, fps, start, end) -> tuple[torch.Tensor, np.ndarray] | None:
         """(features [T, Dv], frame times [T]) of a cached clip, or None."""
@@ -110,22 +135,62 @@ class FeatureCache:
         return entry["features"], entry["times"].numpy()
 
     def store(self, video, fps, start, end, features: torch.Tensor, times: np.ndarray) -> None:
+        """Write a clip's features [T, Dv] and frame times [T] (atomically; drops a failure note)."""
         p = self.path(video, fps, start, end)
         p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_suffix(f".{os.getpid()}.tmp")  # ranks of one run may store the same clip at once
-        torch.save({"features": features.cpu(), "times": torch.as_tensor(np.asarray(times), dtype=torch.float64)}, tmp)
+        tmp = p.with_name(f"{p.name}.{os.getpid()}.tmp")  # ranks of one run may store the same clip at once
+        torch.save({"features": features.detach().cpu(), "times": torch.as_tensor(np.asarray(times), dtype=torch.float64)}, tmp)
+        tmp.replace(p)
+        p.with_suffix(".failed").unlink(missing_ok=True)
+
+    def mark_failed(self, video, fps, start, end, reason: str, message: str) -> None:
+        """Record that the clip cannot be decoded (`reason` is a BadSample category)."""
+        p = self.path(video, fps, start, end).with_suffix(".failed")
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_name(f"{p.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"reason": reason, "message": message}))
         tmp.replace(p)
 
+    def failure(self, video, fps, start, end) -> tuple[str, str] | None:
+        """(reason, message) recorded by `mark_failed`, or None."""
+        p = self.path(video, fps, start, end).with_suffix(".failed")
+        if not p.exists():
+            return None
+        note = json.loads(p.read_text())
+        return note["reason"], note["message"]
 
-def vision_cache_key(model) -> str:
-    """Hash of the settings and weights that determine pooled features."""
-    cfg = model.config
+
+# Fields of the tower's config that do not change its features given its weights: metadata and
+# init-only settings (the weights themselves are hashed), and output switches. Leaving them out
+# keeps the key equal whether a tower was loaded from a path, a hub id or a saved StreamMind model.
+_KEY_IGNORED_VISION_FIELDS = frozenset({
+    "_name_or_path", "transformers_version", "architectures", "dtype", "torch_dtype", "id2label", "label2id", "problem_type",
+    "initializer_range", "initializer_factor", "output_hidden_states", "output_attentions", "return_dict",
+})
+
+
+def vision_cache_key(config, vision: torch.nn.Module) -> str:
+    """Hash of the settings and weights that determine pooled features (16 hex digits).
+
+    Covers the tower's architecture (`config.vision_config` less metadata), the feature layer,
+    the pooling, the image preprocessing (mode, mean, std; the size is in the vision config),
+    and every tensor of `vision`'s state dict: name, dtype, shape and raw bytes in the stored
+    dtype (a bf16 tower and its fp32 copy give different features, hence different keys).
+    Hashing the raw bytes avoids an fp32 copy: a CLIP-L/336 tower (304 M parameters) hashes in
+    about a second on one CPU core. Only the tower is hashed, never the LLM.
+
+    Args:
+        config: the StreamMindConfig the tower belongs to.
+        vision: the `VisionEncoder` (any device; tensors are copied to the CPU one at a time).
+    """
+    vision_cfg = {k: v for k, v in config.vision_config.to_dict().items() if k not in _KEY_IGNORED_VISION_FIELDS}
     h = hashlib.sha1()
-    h.update(json.dumps([cfg.vision_config.to_dict(), cfg.vision_feature_layer, cfg.frame_pooling, cfg.image_preprocess,
-                         list(cfg.image_mean), list(cfg.image_std)], sort_keys=True, default=str).encode())
-    for name, p in sorted(model.vision.state_dict().items()):
-        h.update(name.encode())
-        h.update(p.detach().float().cpu().numpy().tobytes())
+    h.update(json.dumps([vision_cfg, config.vision_feature_layer, config.frame_pooling, config.image_preprocess,
+                         list(config.image_mean), list(config.image_std)], sort_keys=True, default=str).encode())
+    for name, p in sorted(vision.state_dict().items()):
+        t = p.detach().contiguous().cpu()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())  # the stored bytes, no conversion
     return h.hexdigest()[:16]
 
 
@@ -139,9 +204,9 @@ class StreamDataset(Dataset):
         stage: 1 (dialogue + LM labels) or 2 (per-frame gate labels); "both" gives both.
         fps: sampling rate (default: the model config's `frames_per_second`).
         on_error: "raise" or "skip" (skips are counted in `skipped`).
-        cache_decoded: keep decoded clips in memory.
-        feature_cache: return pooled features instead of pixels, via this cache and `encoder`.
-        encoder: callable pixel_values [T, 3, S, S] -> features [T, Dv] (the frozen tower).
+        cache_decoded: keep decoded clips (with a feature cache: their features) in memory.
+        feature_cache: return pooled features [T, Dv] read from this cache instead of pixels;
+            every clip must be in it (`streammind.features` fills it), else `MissingFeatures`.
         allow_outside_root: accept video paths that leave `data_root` (absolute or `..`).
     """
 
@@ -155,15 +220,12 @@ class StreamDataset(Dataset):
         on_error: str = "raise",
         cache_decoded: bool = False,
         feature_cache: FeatureCache | None = None,
-        encoder=None,
         allow_outside_root: bool = False,
     ):
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         if stage not in (1, 2, "both"):
             raise ValueError(f"stage must be 1, 2 or 'both', got {stage!r}")
-        if feature_cache is not None and encoder is None:
-            raise ValueError("a feature cache needs the frozen vision encoder to fill it")
         self.records = load_annotations(annotations) if isinstance(annotations, (str, os.PathLike)) else list(annotations)
         self.data_root = Path(data_root)
         self.processor = processor
@@ -172,10 +234,10 @@ class StreamDataset(Dataset):
         self.on_error = on_error
         self.cache_decoded = cache_decoded
         self.feature_cache = feature_cache
-        self.encoder = encoder
+        self.annotations = str(annotations) if isinstance(annotations, (str, os.PathLike)) else None
         self._decoded: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self.allow_outside_root = allow_outside_root
-        self.source = str(annotations) if isinstance(annotations, (str, os.PathLike)) else "the annotation records"
+        self._features: dict[int, tuple[torch.Tensor, np.ndarray]] = {}
         self.skipped: Counter[str] = Counter()
         self.index = self._validate()
 
@@ -213,7 +275,7 @@ class StreamDataset(Dataset):
             keep.append(i)
         if not keep:
             reasons = ", ".join(f"{reason}: {n}" for reason, n in sorted(self.skipped.items())) or "the file holds no record"
-            raise BadSample("no_usable_records", f"{self.source}: no usable example, every record was skipped ({reasons})")
+            raise BadSample("no_usable_records", f"{self.annotations or 'the annotation records'}: no usable example, every record was skipped ({reasons})")
         return keep
 
     def __len__(self) -> int:
@@ -231,20 +293,33 @@ class StreamDataset(Dataset):
             self._decoded[i] = out
         return out
 
+    def _cached_features(self, i: int, rec: StreamAnnotation) -> tuple[torch.Tensor, np.ndarray]:
+        """(features [T, Dv], frame times [T]) of record i's clip from the feature cache."""
+        if i in self._features:
+            return self._features[i]
+        video = str(self.data_root / rec.video)
+        cached = self.feature_cache.load(video, self.fps, rec.start, rec.end)
+        if cached is not None:
+            if self.cache_decoded:  # small datasets: one file read per clip, not one per epoch
+                self._features[i] = cached
+            return cached
+        failed = self.feature_cache.failure(video, self.fps, rec.start, rec.end)
+        if failed is not None:
+            raise BadSample(*failed)
+        annotations = self.annotations or "<annotations.jsonl>"
+        raise MissingFeatures(
+            f"{video} (fps {self.fps:g}, window [{rec.start}, {rec.end})) is not in the feature cache "
+            f"{self.feature_cache.directory}; fill it first on the training device: streammind features {annotations} "
+            f"--data-root {self.data_root} (--model <saved model> | --clip <tower>) --out {self.feature_cache.root} --fps {self.fps:g} "
+            "(streammind.train does this itself when feature_cache_dir is set)"
+        )
+
     def example(self, i: int) -> dict:
-        """Build example i (may raise BadSample)."""
+        """Build example i (may raise BadSample, or MissingFeatures for a clip absent from the cache)."""
         rec = self.records[self.index[i]]
         feats = None
         if self.feature_cache is not None:
-            video = str(self.data_root / rec.video)
-            cached = self.feature_cache.load(video, self.fps, rec.start, rec.end)
-            if cached is None:
-                frames, times = self._frames(self.index[i], rec)
-                with torch.no_grad():
-                    feats = self.encoder(self.processor.preprocess_frames(frames))
-                self.feature_cache.store(video, self.fps, rec.start, rec.end, feats, times)
-            else:
-                feats, times = cached
+            feats, times = self._cached_features(self.index[i], rec)
         else:
             frames, times = self._frames(self.index[i], rec)
         ends = turn_end_frames(times, [t.time for t in rec.turns])
@@ -279,4 +354,4 @@ class StreamDataset(Dataset):
             return self[(i + 1) % len(self)]
 
 
-__all__ = ["BadSample", "FeatureCache", "StreamDataset", "turn_end_frames", "vision_cache_key"]
+__all__ = ["BadSample", "FeatureCache", "MissingFeatures", "StreamDataset", "turn_end_frames", "vision_cache_key"]
