@@ -20,7 +20,7 @@
 #          cold, then warm; 6 optimizer steps each
 #   (iv)   python -m streammind.features with the 7B tower (read from (iii)'s saved model) over
 #          every clip of the world at 8 fps: the extraction pass's frames/s
-#   (v)    python -m pytest -m gpu (tests/test_gpu.py)
+#   (v)    python -m pytest -m gpu tests (tests/test_gpu.py, the engine's GPU test)
 # The shipped configs run unchanged apart from data paths, step counts, output directories and
 # the flags named above.
 #
@@ -145,7 +145,7 @@ step features_big 60 "$PYTHON" -m streammind.features "$W/train.jsonl" "$W/val.j
 rm -rf "$BIG/big_stage1_warm"
 
 RESERVE=0
-step pytest_gpu 330 "$PYTHON" -m pytest -m gpu -v -rA -p no:cacheprovider tests/test_gpu.py --junitxml "$RUN/pytest_gpu.xml"
+step pytest_gpu 330 "$PYTHON" -m pytest -m gpu -v -rA -p no:cacheprovider tests --junitxml "$RUN/pytest_gpu.xml"
 
 "$PYTHON" - "$RUN" "$MODE" "$(( $(date +%s) - START ))" <<'EOF' 2>&1 | tee -a "$LOG"
 """Summarise the step logs into summary.json and a few lines."""
