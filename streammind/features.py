@@ -42,6 +42,7 @@ import argparse
 import json
 import logging
 import os
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -188,8 +189,12 @@ def extract_features(
         return stats
 
     # A private generator: drawing the workers' base seed must not move the training RNG.
+    # Workers are started fresh ("spawn") once this process has touched CUDA or decoded video:
+    # forked children inherit the locks of the parent's CUDA and FFmpeg threads, and can hang
+    # (seen under pytest on an H200, where earlier tests had decoded clips in the main process).
+    context = "spawn" if num_workers and (torch.cuda.is_initialized() or threading.active_count() > 1) else None
     loader = DataLoader(_DecodedClips(todo, fps, frame_processor), batch_size=None, collate_fn=_as_is, num_workers=num_workers,
-                        generator=torch.Generator())
+                        generator=torch.Generator(), multiprocessing_context=context)
     pending: list[tuple[Clip, torch.Tensor, np.ndarray]] = []
 
     def flush() -> None:
