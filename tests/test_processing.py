@@ -100,6 +100,22 @@ def test_frame_processor_pads_with_the_mean_colour_and_normalises():
     assert torch.allclose(out[0, :, 3], torch.full((3, 8), 2.0), atol=1e-5)
 
 
+def test_frame_processor_equals_a_plain_float_pipeline_bit_for_bit():
+    """Padding happens on the uint8 frame for speed; the values must be those of padding the float
+    frame with torch.full (the fill is whole numbers): the features the tiny tower was trained on."""
+    import torch.nn.functional as F
+
+    mean, std = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+    proc = FrameProcessor(32, mean=mean, std=std, mode="pad")
+    frames = np.random.default_rng(0).integers(0, 256, size=(2, 36, 64, 3), dtype=np.uint8)
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()  # [2, 3, 36, 64]
+    canvas = torch.stack([torch.full((64, 64), float(round(m * 255))) for m in mean])[None].repeat(2, 1, 1, 1)
+    canvas[:, :, 14:50] = x  # centred: (64 - 36) // 2 = 14 rows above
+    y = F.interpolate(canvas, size=(32, 32), mode="bicubic", align_corners=False, antialias=True).clamp(0, 255) / 255
+    expected = (y - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    assert torch.equal(proc(frames), expected)
+
+
 def test_frame_processor_crop_mode_and_input_checks():
     proc = FrameProcessor(16, mean=(0, 0, 0), std=(1, 1, 1), mode="crop")
     frame = np.zeros((32, 64, 3), dtype=np.uint8)
