@@ -67,16 +67,18 @@ is greedy up to 512 new tokens, as there.
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from eval.common import Failure, setup_logging, write_json
-from eval.offline import NearestMatcher, OfflineTask, answer, build_offline_parser, evaluate, find_video, model_for
-from eval.score import write_markdown_table
 from streammind.errors import run_command
+from streammind.evaluation.answering import answer
+from streammind.evaluation.clip_sampling import find_video
+from streammind.evaluation.offline import OfflineTask, build_offline_parser, evaluate, model_for
+from streammind.evaluation.tasks import Failure, setup_logging, write_json, write_markdown_table
+from streammind.evaluation.text_matching import NearestMatcher
+from streammind.fileio import read_json
+from streammind.media.video import ceil_to_grid
 
 BENCHMARKS = ("step", "next", "task", "procedure", "taskprocedure")
 GRID_FPS = 2.0  # VideoLLM-online's frame rate: segment times are ceiled to its grid
@@ -115,11 +117,6 @@ def task_name(cls: str) -> str:
     for spaced, acronym in _ACRONYMS.items():
         text = re.sub(rf"(?<![a-z]){spaced}(?![a-z])", acronym, text)
     return text
-
-
-def ceil_to_grid(t: float, fps: float = GRID_FPS) -> float:
-    """Ceil a time to the frame grid (never below 0)."""
-    return max(math.ceil(t * fps) / fps, 0.0)
 
 
 # ---------------------------------------------------------------------------------------
@@ -173,8 +170,7 @@ def load_coin(data_root: str | Path, annotation: str | Path | None = None) -> di
         annotation = next((p for p in (root / "COIN.json", root / "coin.json") if p.exists()), None)
         if annotation is None:
             raise FileNotFoundError(f"no COIN.json or coin.json in {root}")
-    with open(annotation, encoding="utf-8") as handle:
-        return json.load(handle)["database"]
+    return read_json(annotation)["database"]
 
 
 class COINTask(OfflineTask):
@@ -255,7 +251,7 @@ class COINTask(OfflineTask):
     @staticmethod
     def _window(start: float, end: float) -> tuple[float, float]:
         """[ceil(start), ceil(end) + one grid step): the frames VideoLLM-online feeds."""
-        return ceil_to_grid(start), ceil_to_grid(end) + 1.0 / GRID_FPS
+        return ceil_to_grid(start, GRID_FPS), ceil_to_grid(end, GRID_FPS) + 1.0 / GRID_FPS
 
     def load_examples(self) -> list[dict]:
         out = []

@@ -57,10 +57,13 @@ from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from eval.common import setup_logging
-from eval.offline import NearestMatcher, OfflineTask, answer_beams, build_offline_parser, evaluate, find_video, levenshtein, model_for
-from streammind.atomic import write_text
 from streammind.errors import run_command
+from streammind.evaluation.answering import answer_beams
+from streammind.evaluation.clip_sampling import find_video
+from streammind.evaluation.offline import OfflineTask, build_offline_parser, evaluate, model_for
+from streammind.evaluation.tasks import setup_logging
+from streammind.evaluation.text_matching import NearestMatcher, levenshtein
+from streammind.fileio import read_json, write_text
 
 NUM_OBSERVED = 8
 NUM_FUTURE = 20  # Z
@@ -123,8 +126,7 @@ class Taxonomy:
 
     @classmethod
     def from_file(cls, path: str | Path) -> Taxonomy:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
+        data = read_json(path)
         return cls(data["verbs"], data["nouns"])
 
     def labels(self, action: str) -> tuple[int, int]:
@@ -220,8 +222,7 @@ class Ego4DLTATask(OfflineTask):
         self.labelled = "unannotated" not in split
 
     def load_examples(self) -> list[dict]:
-        with open(self.annotation, encoding="utf-8") as handle:
-            rows = json.load(handle)["clips"]
+        rows = read_json(self.annotation)["clips"]
         by_clip: dict[str, list[dict]] = defaultdict(list)
         for row in rows:
             by_clip[row["clip_uid"]].append(row)

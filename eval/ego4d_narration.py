@@ -27,16 +27,17 @@ Outputs in `--out`: `free/`, `teacher/` and the summary (see `eval.synthetic`).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from eval.common import Failure, apply_limit, build_parser, load_model_from_args, run_stream_protocols, setup_logging
-from eval.teacher_forced import TeacherForcedTask
 from streammind.builder import read_config
-from streammind.datasets.annotations import AnnotationError, StreamAnnotation, load_annotations
-from streammind.datasets.converters import EGO4D_QUERY, EGO4D_VIDEO_TEMPLATE, convert_ego4d
 from streammind.errors import run_command
+from streammind.evaluation.protocols import run_stream_protocols
+from streammind.evaluation.tasks import Failure, apply_limit, build_parser, load_model_from_args, setup_logging
+from streammind.evaluation.teacher_forced import TeacherForcedTask
+from streammind.fileio import read_json
+from streammind.training.annotation_converters import EGO4D_QUERY, EGO4D_VIDEO_TEMPLATE, convert_ego4d
+from streammind.training.annotations import AnnotationError, StreamAnnotation, load_annotations
 
 
 class Ego4DNarration(TeacherForcedTask):
@@ -60,12 +61,7 @@ def load_narration_records(
     """
     if path.suffix == ".jsonl":
         return load_annotations(path), []
-    if not path.is_file():
-        raise AnnotationError(f"{path}: file not found")
-    try:
-        streams = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise AnnotationError(f"{path}: invalid JSON ({error.msg} at line {error.lineno})") from error
+    streams = read_json(path, AnnotationError)
     records = convert_ego4d(
         streams, fps=fps, query=query, video_template=video_template, first_pass_only=first_pass_only, source=str(path)
     )

@@ -57,11 +57,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from eval.common import load_model_from_args, reuse_loaded_models, setup_logging, write_json
-from eval.qa_mc import MVBENCH_TASKS
-from eval.qa_open import JudgeConfig, JudgeConfigError
-from streammind.atomic import write_text
 from streammind.errors import run_command
+from streammind.evaluation.judge import JudgeConfig, JudgeConfigError
+from streammind.evaluation.tasks import load_model_from_args, reuse_loaded_models, setup_logging, write_json
+from streammind.fileio import write_text
+
+from .qa_mc import MVBENCH_TASKS
 
 logger = logging.getLogger(__name__)
 
@@ -194,18 +195,18 @@ class Benchmark:
 
 
 BENCHMARKS = (
-    Benchmark("coin", "COIN", "coin", "eval.coin", "accuracy %", _coin, _coin_values, _coin_counts),
-    Benchmark("ego4d_lta", "Ego4D LTA", "ego4d", "eval.ego4d_lta", "ED@20, lower is better", _ego4d_lta, _lta_values),
-    Benchmark("msvd_qa", "MSVD-QA", "MSVD_Zero_Shot_QA", "eval.qa_open", "judge accuracy, score 0-5", _msvd, _qa_open_values,
+    Benchmark("coin", "COIN", "coin", "coin", "accuracy %", _coin, _coin_values, _coin_counts),
+    Benchmark("ego4d_lta", "Ego4D LTA", "ego4d", "ego4d_lta", "ED@20, lower is better", _ego4d_lta, _lta_values),
+    Benchmark("msvd_qa", "MSVD-QA", "MSVD_Zero_Shot_QA", "qa_open", "judge accuracy, score 0-5", _msvd, _qa_open_values,
               judged=True),
-    Benchmark("activitynet_qa", "ActivityNet-QA", "Activitynet_Zero_Shot_QA", "eval.qa_open", "judge accuracy, score 0-5",
+    Benchmark("activitynet_qa", "ActivityNet-QA", "Activitynet_Zero_Shot_QA", "qa_open", "judge accuracy, score 0-5",
               _activitynet, _qa_open_values, judged=True),
-    Benchmark("mvbench", "MVBench", "mvbench", "eval.qa_mc", "accuracy", _mvbench, _qa_mc_values),
-    Benchmark("videomme", "Video-MME", "videomme", "eval.qa_mc", "accuracy", _videomme, _qa_mc_values),
-    Benchmark("egoschema", "EgoSchema", "egoschema", "eval.qa_mc", "accuracy", _egoschema, _qa_mc_values),
-    Benchmark("perceptiontest", "PerceptionTest", "perception_test_mcqa", "eval.qa_mc", "accuracy", _perceptiontest,
+    Benchmark("mvbench", "MVBench", "mvbench", "qa_mc", "accuracy", _mvbench, _qa_mc_values),
+    Benchmark("videomme", "Video-MME", "videomme", "qa_mc", "accuracy", _videomme, _qa_mc_values),
+    Benchmark("egoschema", "EgoSchema", "egoschema", "qa_mc", "accuracy", _egoschema, _qa_mc_values),
+    Benchmark("perceptiontest", "PerceptionTest", "perception_test_mcqa", "qa_mc", "accuracy", _perceptiontest,
               _qa_mc_values),
-    Benchmark("videochatgpt", "Video-ChatGPT", "videochatgpt_gen", "eval.videochatgpt", "judge score 0-5", _videochatgpt,
+    Benchmark("videochatgpt", "Video-ChatGPT", "videochatgpt_gen", "videochatgpt", "judge score 0-5", _videochatgpt,
               _videochatgpt_values, judged=True),
 )
 NAMES = tuple(b.name for b in BENCHMARKS)
@@ -241,7 +242,8 @@ def _run_main(module_name: str, argv: list[str]) -> None:
     tail = _Tail(sys.stderr)
     try:
         with contextlib.redirect_stderr(tail):
-            status = run_command(f"python -m {module_name}", importlib.import_module(module_name).main, argv)
+            module = importlib.import_module(f".{module_name}", __package__)
+            status = run_command(f"streammind eval {module_name}", module.main, argv)
     except SystemExit as exit_:  # argparse's --help and version actions exit 0
         status = exit_.code
     if status in (0, None):
@@ -276,7 +278,7 @@ def run_benchmark(benchmark: Benchmark, data_root: Path, out: Path, common: list
     record |= {"values": values, "num_examples": num_examples, "num_failed": num_failed, "out": str(bench_out)}
     if benchmark.judged and not judge:
         return record | {"status": "answered, not judged", "values": {},
-                         "reason": f"no judge configured: judge later with python -m {benchmark.module} --predictions"}
+                         "reason": f"no judge configured: judge later with streammind eval {benchmark.module} --predictions"}
     note = metrics.get("metrics", {}).get("note") if isinstance(metrics.get("metrics"), Mapping) else None
     return record | {"status": "ok", "reason": note}
 

@@ -56,17 +56,18 @@ values, and counts of failed videos, empty and unparsed replies, unscored questi
 
 from __future__ import annotations
 
-import json
 import re
 import string
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from eval.common import setup_logging
-from eval.offline import OfflineTask, answer, build_offline_parser, evaluate, find_video, model_for
-from streammind.atomic import write_text
 from streammind.errors import run_command
+from streammind.evaluation.answering import answer
+from streammind.evaluation.clip_sampling import find_video
+from streammind.evaluation.offline import OfflineTask, build_offline_parser, evaluate, model_for
+from streammind.evaluation.tasks import setup_logging
+from streammind.fileio import read_json, read_jsonl, write_text
 
 DATASETS = ("mvbench", "videomme", "egoschema", "perceptiontest")
 LETTERS = string.ascii_uppercase
@@ -164,10 +165,10 @@ def is_correct(*, prediction: int | None, reference: int) -> bool:
 
 
 def _read_records(path: Path) -> list:
+    """A JSON list (or a JSON Lines file of records)."""
     if path.suffix == ".jsonl":
-        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
+        return [record for _, record in read_jsonl(path)]
+    return read_json(path)
 
 
 def _video(directory: Path, name: str) -> str:

@@ -34,11 +34,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from eval.common import Failure, apply_limit, build_parser, load_model_from_args, run_stream_protocols, setup_logging
-from eval.teacher_forced import TeacherForcedTask
-from streammind.datasets.annotations import AnnotationError, StreamAnnotation, load_annotations
-from streammind.datasets.converters import SOCCER_LABELS_NAME, SOCCER_QUERY, SOCCER_VIDEO_TEMPLATE, convert_soccernet_tree
 from streammind.errors import run_command
+from streammind.evaluation.protocols import run_stream_protocols
+from streammind.evaluation.tasks import Failure, apply_limit, build_parser, load_model_from_args, setup_logging
+from streammind.evaluation.teacher_forced import TeacherForcedTask
+from streammind.training.annotation_converters import SOCCER_LABELS_NAME, SOCCER_QUERY, SOCCER_VIDEO_TEMPLATE, convert_soccernet_tree
+from streammind.training.annotations import AnnotationError, StreamAnnotation, load_annotations
 
 
 class SoccerNetCommentary(TeacherForcedTask):

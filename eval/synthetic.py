@@ -20,10 +20,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from eval.common import apply_limit, build_parser, load_model_from_args, run_stream_protocols, setup_logging
-from eval.teacher_forced import TeacherForcedTask
-from streammind.datasets.annotations import load_annotations
 from streammind.errors import UserError, run_command
+from streammind.evaluation.protocols import run_stream_protocols
+from streammind.evaluation.tasks import apply_limit, build_parser, load_model_from_args, setup_logging
+from streammind.evaluation.teacher_forced import TeacherForcedTask
+from streammind.training.annotations import load_annotations
 
 
 class SyntheticWorld(TeacherForcedTask):

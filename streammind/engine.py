@@ -51,8 +51,9 @@ import torch
 from transformers import DynamicCache
 
 from .decoding import StaticKV, decoder_forward, supports_static_decoding
+from .gate import turn_position
 from .perception import PerceptionState
-from .sampling import select_tokens
+from .sampling import memory_frames, select_tokens
 
 # Prefill lengths are padded up to a multiple of this on CUDA, so that a long stream meets a
 # handful of shapes instead of one per turn length.
@@ -161,7 +162,7 @@ class Engine:
         self.per_frame_gate = config.gate_mode == "per_frame"
         self.vision = torch.compile(model.vision, dynamic=True) if compile_vision else model.vision
         self._staging: torch.Tensor | None = None  # pinned host memory the frames travel from
-        self.window = config.gate_window
+        self.window = config.gate_context_window  # 1 for the per-frame gate
 
         S = max_streams + 1  # + the scratch slot
         self.scratch = max_streams
@@ -237,7 +238,7 @@ class Engine:
         """The stream's perception tokens since its last reply, oldest first: [n, D]."""
         K = self.memory.shape[1]
         count = int(self.memory_count[slot])
-        n = min(count, K)
+        n = memory_frames(count, K)
         order = torch.arange(count - n, count, device=self.device) % K
         return self.memory[slot, order]
 
@@ -300,9 +301,8 @@ class Engine:
         count = self.memory_count.index_select(0, slots)
         self.memory.index_put_((slots, count % self.memory.shape[1]), token)
         self.memory_count.index_copy_(0, slots, count + 1)
-        frames = self.turn_frames.index_select(0, slots)
         # A turn context restarts after a full window (every frame in the per-frame variant).
-        frames = torch.zeros_like(frames) if self.per_frame_gate else torch.where(frames >= self.window, 0, frames)
+        frames = turn_position(self.turn_frames.index_select(0, slots), self.window)
         positions = (self.prompt_length.index_select(0, slots) + frames)[:, None]  # [b, 1]
         h = decoder_forward(model.gate.decoder, token[:, None], positions, self.gate_kv, rows)  # [b, 1, D]
         self.turn_frames.index_copy_(0, slots, frames + 1)
@@ -447,8 +447,7 @@ class Engine:
         replies = []
         i = 0
         while i < k:
-            if not self.per_frame_gate and int(self.turn_frames[slot]) >= self.window:
-                self.turn_frames[slot] = 0
+            self.turn_frames[slot] = turn_position(self.turn_frames[slot], self.window)
             room = k - i if self.per_frame_gate else min(k - i, self.window - int(self.turn_frames[slot]))
             p = self._gate_chunk(slot, tokens[i : i + room]).cpu().numpy()
             fired = np.flatnonzero(p > threshold)

@@ -1,4 +1,6 @@
-"""Atomic writes: a file or a model directory is either the old one or the complete new one.
+"""File I/O for the whole package: atomic writes, and the one JSON / JSON Lines reader.
+
+Writes. A file or a model directory is either the old one or the complete new one.
 
 Everything is first written to a temporary name in the destination's own directory (same
 file system), flushed and fsynced, then renamed over the destination; a crash or an
@@ -17,6 +19,12 @@ process lives to do so).
 - `check_destination(src, dst, overwrite=...)`: refuse a destination equal to, inside or
   around the source, and a non-empty destination without `overwrite`, before anything is
   written.
+
+Reads. `read_json` (one document) and `read_jsonl` (one object per non-blank line, with its
+``file:line``) turn a missing file, bytes that are not UTF-8 and text that is not JSON into
+one error naming the file (and line) and the problem: `FileFormatError`, or the subclass a
+caller passes (`AnnotationError` for annotations, `RecordError` for predictions), so that
+every command reports a bad input file as one line.
 """
 
 from __future__ import annotations
@@ -96,6 +104,61 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2, **dumps_kwargs: Any) -> Path:
     """Write one JSON document atomically (with a final newline); returns the path."""
     return write_text(path, json.dumps(obj, indent=indent, **dumps_kwargs) + "\n")
+
+
+# ---- reading ------------------------------------------------------------------------------
+
+
+class FileFormatError(UserError, ValueError):
+    """A file that is missing or not the JSON / JSON Lines it should be (the message names ``file[:line]``)."""
+
+
+def read_json(path: str | os.PathLike, error: type[Exception] = FileFormatError) -> Any:
+    """Load one JSON document.
+
+    Raises:
+        error: a missing file, bytes that are not UTF-8, or invalid JSON (``file:line``).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{path}: file not found")
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise error(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    except json.JSONDecodeError as exc:
+        raise error(f"{path}:{exc.lineno}: invalid JSON ({exc.msg} at column {exc.colno})") from exc
+    except RecursionError as exc:
+        raise error(f"{path}: invalid JSON (nested too deeply)") from exc
+
+
+def read_jsonl(path: str | os.PathLike, error: type[Exception] = FileFormatError) -> Iterator[tuple[str, Any]]:
+    """Yield (``file:line``, parsed object) for each non-blank line of a JSON Lines file.
+
+    Raises:
+        error: a missing file, or a line that is not UTF-8 or not JSON (``file:line``).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{path}: file not found")
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            where = f"{path}:{lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise error(f"{where}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+            if not line.strip():
+                continue
+            try:
+                yield where, json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise error(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})") from exc
+            except RecursionError as exc:
+                raise error(f"{where}: invalid JSON (nested too deeply)") from exc
+
+
+# ---- model directories ----------------------------------------------------------------------
 
 
 def _is_stale_weight(name: str) -> bool:
@@ -203,4 +266,4 @@ def check_destination(src: str | os.PathLike, dst: str | os.PathLike, overwrite:
     raise UserError(f"{dst}: the {what} already exists; pass --overwrite to replace it")
 
 
-__all__ = ["atomic_directory", "atomic_write", "check_destination", "write_json", "write_text"]
+__all__ = ["FileFormatError", "atomic_directory", "atomic_write", "check_destination", "read_json", "read_jsonl", "write_json", "write_text"]

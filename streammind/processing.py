@@ -32,9 +32,9 @@ import torch
 from tokenizers import AddedToken
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from .atomic import atomic_directory
 from .configuration import StreamMindConfig
-from .sampling import num_selected
+from .fileio import atomic_directory
+from .sampling import memory_frames, num_selected
 from .vision import FrameProcessor
 
 IGNORE_INDEX = -100
@@ -119,7 +119,7 @@ class StreamMindProcessor:
 
     def placeholders_for(self, num_frames: int) -> int:
         """How many perception tokens of an n-frame turn reach the LLM (memory bound, then sampling)."""
-        n = min(num_frames, self.config.max_turn_frames)
+        n = memory_frames(num_frames, self.config.max_turn_frames)
         return num_selected(n, self.config.sampling, self.config.sampling_ratio)
 
     # ---- text -----------------------------------------------------------------------------

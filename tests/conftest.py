@@ -16,7 +16,7 @@ MEDIA = REPO.parent / "shared" / "media"
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer_dir(tmp_path_factory):
-    from streammind.world import build_tokenizer
+    from streammind.synthetic.world import build_tokenizer
 
     out = tmp_path_factory.mktemp("tokenizer")
     build_tokenizer(out)
@@ -47,7 +47,7 @@ def tiny(tiny_tokenizer):
 @pytest.fixture(scope="session")
 def small_world(tmp_path_factory):
     """A few videos of the synthetic world (seconds to generate)."""
-    from streammind.world import WorldConfig, build_tokenizer, generate_world
+    from streammind.synthetic.world import WorldConfig, build_tokenizer, generate_world
 
     out = tmp_path_factory.mktemp("world")
     generate_world(out, WorldConfig(seed=1, num_train=6, num_val=1, num_test=3))
@@ -58,7 +58,7 @@ def small_world(tmp_path_factory):
 @pytest.fixture(scope="session")
 def small_tower(small_world, tmp_path_factory):
     """The tiny preset's tower after a few steps of pretraining on `small_world` (a CLIPVisionModel dir)."""
-    from streammind.tower_pretrain import pretrain_tower
+    from streammind.synthetic.tower_pretrain import pretrain_tower
 
     out = tmp_path_factory.mktemp("tower")
     pretrain_tower(small_world, out, steps=5, batch_size=16, progress=False)

@@ -29,17 +29,17 @@ import pytest
 import torch
 from transformers import AutoTokenizer, CLIPVisionModel, set_seed
 
-from eval.streaming import stream_record
-from eval.teacher_forced import score_teacher_forced_record, teacher_forced_record
 from streammind import StreamingSession, StreamMindConfig, build_model, convert, load_model, save_model
-from streammind.cli import main as cli_main
-from streammind.datasets.annotations import load_annotations
-from streammind.datasets.collator import StreamCollator
-from streammind.datasets.stream import FeatureCache, StreamDataset, vision_cache_key
-from streammind.datasets.video import read_video
-from streammind.features import clips_of, extract_features
-from streammind.train import ModelArguments, apply_lora, build, set_trainable
-from streammind.train import main as train_main
+from streammind.apps.cli import main as cli_main
+from streammind.evaluation.free_running import stream_record
+from streammind.evaluation.teacher_forced import score_teacher_forced_record, teacher_forced_record
+from streammind.media.video import read_video
+from streammind.training.annotations import load_annotations
+from streammind.training.collator import StreamCollator
+from streammind.training.datasets import FeatureCache, StreamDataset, vision_cache_key
+from streammind.training.features import clips_of, extract_features
+from streammind.training.train import ModelArguments, apply_lora, build, set_trainable
+from streammind.training.train import main as train_main
 from streammind.vision import VisionEncoder
 from tests.conftest import REPO, make_tiny
 

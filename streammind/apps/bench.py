@@ -48,8 +48,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .atomic import write_text
-from .errors import ArgumentParser, run_command
+from ..errors import ArgumentParser, run_command
+from ..fileio import write_text
 
 QUERY = "Tell me when something happens."
 
@@ -87,19 +87,14 @@ def _sync(device: torch.device) -> None:
 
 
 def _build(preset: str, device: str, dtype: torch.dtype):
-    from .builder import build_model
-    from .configuration import StreamMindConfig
-    from .world import build_tokenizer
+    from ..builder import build_model, default_dtype
+    from ..configuration import StreamMindConfig
+    from ..synthetic.world import build_tokenizer
 
     config = StreamMindConfig.from_preset(preset)
     tokenizer = build_tokenizer(None)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            model, processor = build_model(config, tokenizer)
-    finally:
-        torch.set_default_dtype(previous)
+    with default_dtype(dtype), torch.device(device):
+        model, processor = build_model(config, tokenizer)
     return model.to(device=device, dtype=dtype).eval(), processor
 
 
@@ -112,8 +107,8 @@ def _frames(n: int, height: int, width: int, seed: int = 0) -> np.ndarray:
 
 def live_stream(model, processor, frames: np.ndarray, n: int, windows=((0, 100), (100, 600), (600, None)), **options) -> dict:
     """Per-frame latency of a fresh stream over n frames (engine graphs captured beforehand)."""
-    from .engine import Engine
-    from .streaming import StreamingSession
+    from ..engine import Engine
+    from ..streaming import StreamingSession
 
     engine = Engine(model, processor, **options)
     engine.capture(decode=False)
@@ -137,8 +132,8 @@ def live_stream(model, processor, frames: np.ndarray, n: int, windows=((0, 100),
 
 def file_mode(model, processor, frames: np.ndarray, n: int, chunk: int, **options) -> dict:
     """Frames/s of one stream taken `chunk` frames at a time (frames already decoded in memory)."""
-    from .engine import Engine
-    from .streaming import StreamingSession
+    from ..engine import Engine
+    from ..streaming import StreamingSession
 
     session = StreamingSession(model, processor, query=QUERY, threshold=1.0, record_probs=False, engine=Engine(model, processor, chunk_size=chunk, **options))
     clip = np.stack([frames[i % len(frames)] for i in range(chunk)])
@@ -160,7 +155,7 @@ def file_mode(model, processor, frames: np.ndarray, n: int, chunk: int, **option
 
 def aggregate(model, processor, frames: np.ndarray, sizes: list[int], rounds: int, **options) -> dict:
     """S streams with a frame each per round, batched: frames/s and per-frame latency (= the round's)."""
-    from .engine import Engine
+    from ..engine import Engine
 
     engine = Engine(model, processor, max_streams=max(sizes), batch_sizes=sorted(set(sizes)), **options)
     engine.capture(decode=False)
@@ -188,7 +183,7 @@ def realtime_capacity(model, processor, frames: np.ndarray, candidates: list[int
     arrived in one batch. A frame is late if its p(respond) is ready more than `deadline_ms`
     after it arrived; S is real time when no frame is late over `seconds`.
     """
-    from .engine import Engine
+    from ..engine import Engine
 
     top = max(candidates)
     engine = Engine(model, processor, max_streams=top, batch_sizes=(1, 4, 16, 32, 64), **options)
@@ -227,7 +222,7 @@ def realtime_capacity(model, processor, frames: np.ndarray, candidates: list[int
 
 def replies(model, processor, frames: np.ndarray, turn_lengths: list[int], reps: int, others: int) -> dict:
     """Fire -> first token per turn length, decode tokens/s, and the stall other streams see."""
-    from .engine import Engine
+    from ..engine import Engine
 
     engine = Engine(model, processor, max_streams=others + 1)
     engine.capture(decode=True)
@@ -282,8 +277,8 @@ def per_frame_llm(model, contexts: list[int], tokens_per_frame: int, reps: int, 
     The same machinery as ours: a static KV cache sized to the context, one CUDA graph per
     context, the LM head on the frame's last token (its speak-or-stay-silent decision).
     """
-    from .decoding import StaticKV, decoder_forward
-    from .engine import _Graph
+    from ..decoding import StaticKV, decoder_forward
+    from ..engine import _Graph
 
     lm = model.language_model
     device = next(lm.parameters()).device
@@ -383,7 +378,7 @@ def floors(model, limits: dict | None) -> dict:
 @torch.inference_mode()
 def parity(model, processor, frames: np.ndarray, n: int) -> dict:
     """Differences of the engine (graphs where available) from the parallel forward, and from its eager mode."""
-    from .engine import Engine
+    from ..engine import Engine
 
     clip = np.stack([frames[i % len(frames)] for i in range(n)])
     device = next(model.parameters()).device
@@ -444,7 +439,7 @@ def bench_all(args) -> dict:
     result["per_frame_llm"] = per_frame_llm(model, contexts, tokens_per_frame=10, reps=5 if quick else 50, graphs=cuda)
     result["parity"] = parity(model, processor, frames, 16 if quick else 64)
 
-    from .engine import Engine
+    from ..engine import Engine
 
     state = Engine(model, processor).state_bytes()
     result["state_bytes_per_stream"] = state
@@ -507,7 +502,7 @@ def bench_profile(args) -> dict:
     """Where the time of one always-on frame and of one decode step goes: CUDA kernel time by op (eager)."""
     from torch.profiler import ProfilerActivity, profile
 
-    from .engine import Engine
+    from ..engine import Engine
 
     dtype = getattr(torch, args.dtype)
     model, processor = _build(args.preset, args.device, dtype)

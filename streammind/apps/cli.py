@@ -1,8 +1,14 @@
-"""The `streammind` command: `streammind {stream,eval,bench,quickstart,world,pretrain-tower,features,train,convert} ...`.
+"""The `streammind` command, one entry point for every verb:
+
+    streammind stream | train | features | eval <benchmark> | score | convert | convert-annotations
+               | world | pretrain-tower | bench | quickstart
+
+(`python -m streammind <verb> ...` where the console script is not installed.)
 
 `stream` runs a saved model over a video file, a webcam, an RTSP/HTTP URL or a folder of
-images, printing `[mm:ss.s] reply` lines as replies happen (the runtime pieces live in
-`streammind.runtime`; the command only parses flags, wires them up and reports):
+images, printing `[mm:ss.s] reply` lines as replies happen (the sources live in
+`streammind.media.sources`, the runtime in `streammind.apps.runtime`; the command only parses
+flags, wires them up and reports):
 
     streammind stream clip.mp4 --model runs/quickstart/stage2 --query "Tell me when a shape appears."
     streammind stream /dev/video0 --model DIR --query "..." --realtime --stats stats.json
@@ -19,11 +25,11 @@ directory of another kind, a flag out of range), 1 for a failure at run time (a 
 dies or stops answering), 130 when interrupted (Ctrl-C; the outputs written so far are
 kept). `streammind --debug <verb> ...` or STREAMMIND_DEBUG=1 also prints the traceback.
 
-The other subcommands hand their arguments to the module's own `main`, e.g.
-`streammind bench step --preset tiny` is `python -m streammind.bench step --preset tiny`, and
-`streammind eval <benchmark> ...` is `python -m eval.<module> ...` (`EVAL_COMMANDS`), with
-`streammind eval offline --data-root ROOT --model DIR --out OUT` running every offline benchmark
-found under ROOT (`eval.offline_suite`).
+The other verbs hand their arguments to their module's own `main(argv) -> exit status`
+(`VERBS`), e.g. `streammind bench step --preset tiny` runs `streammind.apps.bench.main`, and
+`streammind eval <benchmark> ...` runs the benchmark module of `streammind_eval` (the
+repository's eval/ folder; `EVAL_COMMANDS`), with `streammind eval offline --data-root ROOT
+--model DIR --out OUT` running every offline benchmark found under ROOT.
 """
 
 from __future__ import annotations
@@ -38,38 +44,41 @@ import queue
 import sys
 from pathlib import Path
 
-from . import __version__
-from .atomic import atomic_write, write_json
-from .errors import ArgumentParser, RunFailure, UserError, run_command
+from .. import __version__
+from ..errors import ArgumentParser, RunFailure, UserError, run_command
+from ..fileio import atomic_write, write_json
 
 # Open and read timeouts (seconds) of URLs and devices; the same values as
-# streammind.datasets.video.LIVE_TIMEOUT_S, repeated here so that `--help` needs no decoder.
+# streammind.media.video.LIVE_TIMEOUT_S, repeated here so that `--help` needs no decoder.
 DEFAULT_OPEN_TIMEOUT_S = 10.0
 DEFAULT_READ_TIMEOUT_S = 10.0
 
-# subcommand -> (module whose main(argv) runs it, help line)
-DELEGATED = {
-    "bench": ("streammind.bench", "benchmarks: always-on per-frame cost, kernel parity (streammind.bench)"),
-    "quickstart": ("streammind.quickstart", "generate the synthetic world, train the tiny model, evaluate (streammind.quickstart)"),
-    "world": ("streammind.world", "generate the synthetic world and its tokenizer (streammind.world)"),
-    "pretrain-tower": ("streammind.tower_pretrain", "CLIP-style pretraining of the tiny tower on a world (streammind.tower_pretrain)"),
-    "features": ("streammind.features", "extract and cache the frozen tower's pooled frame features (streammind.features)"),
-    "train": ("streammind.train", "train one stage from a YAML config (streammind.train)"),
-    "convert": ("streammind.convert", "conversion tools (streammind.convert)"),
+# verb -> (module whose main(argv) runs it, help line); `stream` and `eval` are handled here.
+VERBS = {
+    "train": ("streammind.training.train", "train one stage from a YAML config"),
+    "features": ("streammind.training.features", "extract and cache the frozen tower's pooled frame features"),
+    "score": ("streammind.evaluation.score", "re-score free-running streaming predictions against annotations"),
+    "convert": ("streammind.apps.convert", "convert a checkpoint (VideoLLaMA2, the original StreamMind release)"),
+    "convert-annotations": ("streammind.training.annotation_converters",
+                            "convert upstream annotations (Ego4D narration, SoccerNet, LLaVA) to the canonical format"),
+    "world": ("streammind.synthetic.world", "generate the synthetic world and its tokenizer"),
+    "pretrain-tower": ("streammind.synthetic.tower_pretrain", "CLIP-style pretraining of the tiny tower on a world"),
+    "bench": ("streammind.apps.bench", "benchmarks: always-on per-frame cost, kernel parity"),
+    "quickstart": ("streammind.apps.quickstart", "generate the synthetic world, train the tiny model, evaluate"),
 }
 
 # `streammind eval NAME ...` -> (module whose main(argv) runs it, help line)
 EVAL_COMMANDS = {
-    "offline": ("eval.offline_suite", "the offline suite: every offline benchmark found under --data-root, one summary table"),
-    "coin": ("eval.coin", "COIN step / next / task / procedure / procedure+"),
-    "ego4d_lta": ("eval.ego4d_lta", "Ego4D long-term action anticipation (ED@20)"),
-    "qa_open": ("eval.qa_open", "open-ended QA with an LLM judge (MSVD-QA, ActivityNet-QA)"),
-    "qa_mc": ("eval.qa_mc", "multiple-choice QA (MVBench, Video-MME, EgoSchema, PerceptionTest)"),
-    "videochatgpt": ("eval.videochatgpt", "the Video-ChatGPT generative benchmark (five judge scores)"),
-    "synthetic": ("eval.synthetic", "streaming: the synthetic world"),
-    "ego4d_narration": ("eval.ego4d_narration", "streaming: Ego4D narration"),
-    "soccernet": ("eval.soccernet", "streaming: SoccerNet commentary"),
-    "score": ("eval.score", "re-score free-running streaming predictions"),
+    "offline": ("streammind_eval.offline_suite", "the offline suite: every offline benchmark found under --data-root, one summary table"),
+    "coin": ("streammind_eval.coin", "COIN step / next / task / procedure / procedure+"),
+    "ego4d_lta": ("streammind_eval.ego4d_lta", "Ego4D long-term action anticipation (ED@20)"),
+    "qa_open": ("streammind_eval.qa_open", "open-ended QA with an LLM judge (MSVD-QA, ActivityNet-QA)"),
+    "qa_mc": ("streammind_eval.qa_mc", "multiple-choice QA (MVBench, Video-MME, EgoSchema, PerceptionTest)"),
+    "videochatgpt": ("streammind_eval.videochatgpt", "the Video-ChatGPT generative benchmark (five judge scores)"),
+    "synthetic": ("streammind_eval.synthetic", "streaming: the synthetic world"),
+    "ego4d_narration": ("streammind_eval.ego4d_narration", "streaming: Ego4D narration"),
+    "soccernet": ("streammind_eval.soccernet", "streaming: SoccerNet commentary"),
+    "score": ("streammind.evaluation.score", "re-score free-running streaming predictions (the same as `streammind score`)"),
 }
 
 
@@ -141,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="read queries from stdin even when it is not a terminal (one per line)")
     sub.add_parser("eval", help="evaluate: `streammind eval offline ...` (the offline suite) or `streammind eval <benchmark> ...`",
                    add_help=False)
-    for name, (_, help_line) in DELEGATED.items():
+    for name, (_, help_line) in VERBS.items():
         sub.add_parser(name, help=help_line, add_help=False)
     return parser
 
@@ -152,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     debug = None
     if argv and argv[0] == "--debug":
         debug, argv = True, argv[1:]
-    if argv and argv[0] in DELEGATED:
+    if argv and argv[0] in VERBS:
         return _delegate(argv[0], argv[1:], debug)
     if argv and argv[0] == "eval":
         return _eval(argv[1:], debug)
@@ -162,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _delegate(command: str, rest: list[str], debug: bool | None = None) -> int:
     """Import the subcommand's module lazily (it may not exist yet) and run its main(rest)."""
-    module_name = DELEGATED[command][0]
+    module_name = VERBS[command][0]
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
@@ -225,9 +234,10 @@ def stream(args: argparse.Namespace) -> int:
     """
     import torch
 
-    from .builder import load_model, read_config
-    from .runtime import Pacer, StdinQueries, StreamRunner, format_time, open_source
-    from .streaming import SessionInputError, StreamingSession
+    from ..builder import load_model, read_config
+    from ..media.sources import open_source
+    from ..streaming import SessionInputError, StreamingSession
+    from .runtime import Pacer, StdinQueries, StreamRunner, format_time
 
     for path, flag in ((args.output, "--output"), (args.stats, "--stats")):
         if path:

@@ -71,12 +71,12 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPVisionConfig, CLIPVisionModel, MistralConfig, PreTrainedTokenizerBase
 from transformers.initialization import no_init_weights
 
-from .atomic import atomic_directory, check_destination, write_json
-from .builder import init_gate_from_llm, save_model
-from .configuration import PRESETS, StreamMindConfig
-from .errors import ArgumentParser, UserError, run_command
-from .modeling_streammind import StreamMindForCausalLM
-from .processing import StreamMindProcessor, add_video_token
+from ..builder import default_dtype, grow_vocabulary, init_gate_from_llm, save_model
+from ..configuration import PRESETS, StreamMindConfig
+from ..errors import ArgumentParser, UserError, run_command
+from ..fileio import atomic_directory, check_destination, write_json
+from ..modeling_streammind import StreamMindForCausalLM
+from ..processing import StreamMindProcessor, add_video_token
 
 logger = logging.getLogger(__name__)
 
@@ -457,17 +457,6 @@ def _plan(
 # ----------------------------------------------------------------------------- building the target
 
 
-@contextlib.contextmanager
-def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
-    """Create floating-point tensors in `dtype` inside the block."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(previous)
-
-
 def _mark_loaded(module: torch.nn.Module) -> None:
     # The composite's post_init skips parameters flagged like this (how from_pretrained protects
     # loaded weights); without the flag it would first spend minutes randomly initialising 7B
@@ -483,7 +472,7 @@ def _build_target(
 ) -> StreamMindForCausalLM:
     """The target model: CLIP and LLM allocated without initialisation (the checkpoint fills them),
     EPFE and gate initialised as `build_model` does (in fp32, then cast)."""
-    with no_init_weights(), _default_dtype(dtype):
+    with no_init_weights(), default_dtype(dtype):
         if clip is None:
             clip = CLIPVisionModel(config.vision_config)
         llm = AutoModelForCausalLM.from_config(config.text_config)
@@ -513,14 +502,6 @@ def _prepare_tokenizer(src: Path, text_config: MistralConfig, video_token: str) 
 def _token_ids(tokenizer: PreTrainedTokenizerBase, tokens: Sequence[str]) -> dict[str, int]:
     vocab = tokenizer.get_vocab()
     return {t: vocab[t] for t in tokens if t in vocab}
-
-
-def _grow_vocabulary(model: StreamMindForCausalLM, vocab: int) -> None:
-    """Grow the LLM's embeddings to the tokenizer (new rows: HF's mean-resizing) and record it."""
-    llm = model.language_model
-    if llm.get_input_embeddings().weight.shape[0] < vocab:
-        llm.resize_token_embeddings(vocab)
-    model.config.text_config.vocab_size = vocab
 
 
 def _source_glue(source: dict, video_token_id: int) -> dict:
@@ -601,7 +582,7 @@ def load_videollama2(
 
     plan = _plan(shapes, videollama2_key_map, target, required, ignore)
     load_shards(shards, plan.mapping, target, progress)
-    _grow_vocabulary(model, vocab)
+    grow_vocabulary(model.config, vocab, model.language_model, gate=False)
     if gate_init_from_llm:
         init_gate_from_llm(model)
     fresh = ["perception", "gate.head" if gate_init_from_llm else "gate", "language_model embedding rows for added tokens"]
@@ -734,7 +715,7 @@ def load_streammind_original(
     load_shards(shards, plan.mapping, target, progress)
     with torch.no_grad():
         model.gate.head.bias.zero_()
-    _grow_vocabulary(model, vocab)
+    grow_vocabulary(model.config, vocab, model.language_model, gate=False)
     report = ConversionReport(
         source_format="streammind-original",
         source=str(src),

@@ -1,60 +1,84 @@
-"""The main job on the embedded default: `python -m streammind.quickstart [--out runs/quickstart]`.
+"""The main job on the embedded default: `streammind quickstart [--out runs/quickstart]`.
 
 On 2 CPU cores, in minutes, with nothing downloaded:
 1. generate the synthetic streaming world (real mp4 videos + canonical annotations) and its
-   tokenizer (`streammind.world`);
-2. pretrain the tiny vision tower CLIP-style on the world's frames (`streammind.tower_pretrain`;
-   the stand-in for the pretrained CLIP the real preset starts from);
-3. train stage 1 (language) and stage 2 (gate) of the tiny preset on the frozen tower
-   (`configs/tiny/*.yaml`, through `streammind.train`, exactly as a user would run them);
-4. evaluate the held-out test split with the real streaming runtime (free-running
-   protocol, `eval.streaming`), writing predictions, metrics, a table and timeline plots;
+   tokenizer (`streammind.synthetic.world`);
+2. pretrain the tiny vision tower CLIP-style on the world's frames
+   (`streammind.synthetic.tower_pretrain`; the stand-in for the pretrained CLIP the real
+   preset starts from);
+3. train stage 1 (language) and stage 2 (gate) of the tiny preset on the frozen tower (the
+   shipped `configs/tiny/*.yaml`, through `streammind train`, exactly as a user would run
+   them);
+4. evaluate the held-out test split with the real streaming runtime (the free-running
+   protocol, `streammind.evaluation.free_running`), writing predictions, metrics, a table and
+   timeline plots;
 5. stream one test video, printing each reply with its timestamp as it happens;
 6. write `<out>/test_metrics.json` with trigger_acc, timval, trigger_f1_1s,
    reply_exact_match, num_videos (and the wall time of each step).
 
-Reference: SPEC §9.
+Everything is written under the current directory (`runs/world`, `runs/quickstart`) unless
+`--world` / `--out` say otherwise. The stage configs are read from the installed package
+(`streammind.configs`, the repository's configs/ folder) unless `--configs` names a folder.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.resources
 import logging
 import time
 from pathlib import Path
 
-from streammind.atomic import write_json
-from streammind.errors import ArgumentParser, run_command
-
-REPO = Path(__file__).resolve().parents[1]
+from ..errors import ArgumentParser, run_command
+from ..fileio import write_json
 
 
 def _fmt(t: float) -> str:
     return f"{int(t // 60):02d}:{t % 60:04.1f}"
 
 
-def main(argv: list[str] | None = None) -> dict:
+def tiny_configs():
+    """The tiny preset's stage configs shipped with the package (`streammind.configs`, the repository's configs/tiny)."""
+    return importlib.resources.files("streammind.configs") / "tiny"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`streammind quickstart`: the main job; returns the exit status."""
+    run(argv)
+    return 0
+
+
+def run(argv: list[str] | None = None) -> dict:
+    """Run the main job (module docstring); returns what it writes to `<out>/test_metrics.json`."""
     parser = ArgumentParser(prog="streammind quickstart", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/quickstart", help="Run directory (checkpoints, metrics, plots).")
     parser.add_argument("--world", default="runs/world", help="Where the synthetic world is generated (reused if unchanged).")
-    parser.add_argument("--configs", default=str(REPO / "configs" / "tiny"), help="Directory with stage1.yaml and stage2.yaml.")
+    parser.add_argument("--configs", default=None,
+                        help="Directory with stage1.yaml and stage2.yaml (default: the tiny configs shipped with the package).")
     parser.add_argument("--seed", type=int, default=0, help="World and training seed.")
     parser.add_argument("--stage1-epochs", type=float, default=None, help="Override stage-1 epochs (default: the YAML's).")
     parser.add_argument("--stage2-epochs", type=float, default=None, help="Override stage-2 epochs (default: the YAML's).")
     parser.add_argument("--num-train", type=int, default=None, help="Override the number of training videos (default: the world's).")
     parser.add_argument("--num-test", type=int, default=None, help="Override the number of test videos (default: the world's).")
     parser.add_argument("--tower-steps", type=int, default=400, help="Optimiser steps of the tower pretraining.")
-    parser.add_argument("--move-queries", action="store_true", help="Also ask about moves (a harder world, see streammind.world).")
+    parser.add_argument("--move-queries", action="store_true", help="Also ask about moves (a harder world, see streammind.synthetic.world).")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    with contextlib.ExitStack() as stack:
+        configs = Path(args.configs) if args.configs else stack.enter_context(importlib.resources.as_file(tiny_configs()))
+        return _main_job(args, configs)
 
-    from eval.streaming import run_free_running, stream_record
-    from streammind.builder import load_model
-    from streammind.datasets.annotations import load_annotations
-    from streammind.streaming import StreamingSession
-    from streammind.tower_pretrain import pretrain_tower
-    from streammind.train import main as train_main
-    from streammind.world import WorldConfig, build_tokenizer, generate_world
+
+def _main_job(args: argparse.Namespace, configs: Path) -> dict:
+    """Steps 1-6 of the module docstring."""
+    from ..builder import load_model
+    from ..evaluation.free_running import run_free_running, stream_record
+    from ..streaming import StreamingSession
+    from ..synthetic.tower_pretrain import pretrain_tower
+    from ..synthetic.world import WorldConfig, build_tokenizer, generate_world
+    from ..training.annotations import load_annotations
+    from ..training.train import train
 
     out, world = Path(args.out), Path(args.world)
     timings: dict[str, float] = {}
@@ -81,14 +105,14 @@ def main(argv: list[str] | None = None) -> dict:
     print("[3/5] stage 1 (language): EPFE + LLM on the frozen tower")
     stage1 = ["--output_dir", str(out / "stage1"), "--tokenizer_path", str(world / "tokenizer"), "--clip_path", str(out / "tower")]
     stage1 += ["--num_train_epochs", str(args.stage1_epochs)] if args.stage1_epochs else []
-    train_main([str(Path(args.configs) / "stage1.yaml"), *common, *stage1])
+    train([str(configs / "stage1.yaml"), *common, *stage1])
     timings["stage1_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
     print("[4/5] stage 2 (gate)")
     stage2 = ["--output_dir", str(out / "stage2"), "--init_from", str(out / "stage1")]
     stage2 += ["--num_train_epochs", str(args.stage2_epochs)] if args.stage2_epochs else []
-    train_main([str(Path(args.configs) / "stage2.yaml"), *common, *stage2])
+    train([str(configs / "stage2.yaml"), *common, *stage2])
     timings["stage2_s"] = time.perf_counter() - t
 
     t = time.perf_counter()

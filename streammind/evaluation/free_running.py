@@ -24,13 +24,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from eval.common import plot_filename
-from eval.plots import plot_timeline
-from eval.score import score_predictions, write_markdown_table
-from streammind.atomic import atomic_write, write_json
-from streammind.datasets.annotations import StreamAnnotation
-from streammind.datasets.video import VideoDecodeError, iter_frames
-from streammind.streaming import SessionInputError, StreamingSession, push_clip_chunks
+from ..fileio import atomic_write, write_json
+from ..media.video import VideoDecodeError, iter_frames
+from ..streaming import SessionInputError, StreamingSession, push_clip_chunks
+from ..training.annotations import StreamAnnotation
+from .plots import plot_filename, plot_timeline
+from .score import score_predictions
+from .tasks import write_markdown_table
 
 logger = logging.getLogger(__name__)
 

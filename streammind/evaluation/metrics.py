@@ -84,7 +84,7 @@ import math
 import re
 import shutil
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -481,8 +481,8 @@ def score_teacher_forced_video(turns: Sequence[TeacherForcedTurn], *, fps: float
     return scores
 
 
-def aggregate_teacher_forced(per_video: Sequence[Mapping]) -> dict:
-    """Dataset teacher-forced metrics: the mean over videos of each per-video metric.
+def _mean_over_videos(per_video: Sequence[Mapping]) -> dict:
+    """VideoLLM-online's four metrics of a dataset: the mean over videos of each per-video value.
 
     Returns:
         {"lm_ppl", "time_diff", "fluency", "lm_correctness", "num_videos",
@@ -499,6 +499,83 @@ def aggregate_teacher_forced(per_video: Sequence[Mapping]) -> dict:
         for name in TEACHER_FORCED_METRICS
     }
     return aggregated
+
+
+def turns_of(prediction: Mapping) -> list[TeacherForcedTurn]:
+    """The `TeacherForcedTurn`s of one prediction record (a `teacher_forced.teacher_forced_record` output)."""
+    return [
+        TeacherForcedTurn(
+            decisions=turn["decisions"],
+            following_decisions=turn["following_decisions"],
+            token_logprobs=turn["token_logprobs"],
+            token_correct=turn["token_correct"],
+        )
+        for turn in prediction["turns"]
+    ]
+
+
+def score_teacher_forced_record(*, prediction: Mapping, reference: Any) -> dict:
+    """Teacher-forced scores of one record: a prediction (a `teacher_forced.teacher_forced_record`
+    output) against its `StreamAnnotation` (for the id and video).
+
+    Returns:
+        {"id", "video", "fps", "threshold", VideoLLM-online's "lm_ppl", "time_diff",
+         "fluency", "lm_correctness" (and the counts of `score_teacher_forced_video`),
+         "token_accuracy", "frame_diffs" (per timed turn), "timing" (early / on_time /
+         late turn counts; late = no respond decision within the turn)}.
+    """
+    fps = prediction["fps"]
+    turns = turns_of(prediction)
+    frame_diffs, timing = [], {"early": 0, "on_time": 0, "late": 0}
+    for turn in turns:
+        diff = score_teacher_forced_turn(turn, fps=fps)["frame_diff"]
+        if diff is None:
+            continue
+        frame_diffs.append(diff)
+        timing["late" if not any(turn.decisions) else "early" if diff > 0 else "on_time"] += 1
+    accuracies = [float(np.mean(turn.token_correct)) for turn in turns if len(turn.token_correct)]
+    return {
+        "id": reference.id or reference.video,
+        "video": reference.video,
+        "fps": fps,
+        "threshold": prediction["threshold"],
+        **score_teacher_forced_video(turns, fps=fps),
+        "token_accuracy": float(np.mean(accuracies)) if accuracies else None,
+        "frame_diffs": frame_diffs,
+        "timing": timing,
+    }
+
+
+def aggregate_teacher_forced(per_video: Sequence[dict]) -> dict:
+    """Dataset metrics from the scores of the records that ran (failures are not scored).
+
+    Returns:
+        {"protocol", "settings": {"fps", "threshold"}, "aggregate" (VideoLLM-online's four
+         metrics, mean over records), "extra" (StreamMind-specific numbers), "per_video"}.
+    """
+    signed = [diff for video in per_video for diff in video["frame_diffs"]]
+    accuracies = [video["token_accuracy"] for video in per_video if video["token_accuracy"] is not None]
+    return {
+        "protocol": "teacher_forced",
+        "settings": {
+            "fps": _single({video["fps"] for video in per_video}),
+            "threshold": _single({video["threshold"] for video in per_video}),
+        },
+        "aggregate": _mean_over_videos(per_video),
+        "extra": {
+            **{f"turns_{name}": sum(video["timing"][name] for video in per_video) for name in ("early", "on_time", "late")},
+            "mean_signed_frame_diff": float(np.mean(signed)) if signed else None,
+            "token_accuracy": float(np.mean(accuracies)) if accuracies else None,
+        },
+        "per_video": list(per_video),
+    }
+
+
+def _single(values: set):
+    """The one value used by every record, a sorted list when they differ, None if none."""
+    if not values:
+        return None
+    return next(iter(values)) if len(values) == 1 else sorted(values)
 
 
 # ---------------------------------------------------------------------------------------

@@ -15,6 +15,11 @@ from typing import Sequence
 import numpy as np
 
 
+def plot_filename(example_id: str) -> str:
+    """A file name for an example's plot: ids such as "match/1" keep their folders apart ("/" -> "__")."""
+    return str(example_id).strip("/").replace("/", "__") + ".png"
+
+
 def plot_timeline(
     times: Sequence[float],
     probs: Sequence[float],

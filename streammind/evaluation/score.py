@@ -40,7 +40,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from eval.metrics import (
+from ..errors import ArgumentParser, UserError, run_command
+from ..fileio import read_jsonl, write_json
+from ..training.annotations import AnnotationError, StreamAnnotation
+from .metrics import (
     DEFAULT_TOLERANCES,
     TRIGGER_TOLERANCE,
     TimedText,
@@ -49,31 +52,9 @@ from eval.metrics import (
     match_events,
     score_stream_video,
 )
-from streammind.atomic import write_json, write_text
-from streammind.datasets.annotations import AnnotationError, StreamAnnotation, read_jsonl
-from streammind.errors import ArgumentParser, UserError, run_command
+from .tasks import RecordError, write_markdown_table
 
 logger = logging.getLogger(__name__)
-
-# Longest list of ids rendered inline in the markdown table; the JSON keeps them all.
-_MAX_LISTED = 10
-
-
-class RecordError(UserError, ValueError):
-    """A predictions or references line of the wrong shape (the message names ``file:line``)."""
-
-
-def load_jsonl(path: str | Path) -> list[dict]:
-    """Read a JSON Lines file (blank lines skipped); a line that is not UTF-8 or not JSON names ``file:line``."""
-    return [record for _, record in read_records(path)]
-
-
-def read_records(path: str | Path) -> list[tuple[str, Any]]:
-    """(``file:line``, parsed JSON) for each non-blank line; a line that is not UTF-8 or not JSON raises RecordError."""
-    try:
-        return list(read_jsonl(path))
-    except AnnotationError as error:
-        raise RecordError(str(error)) from error
 
 
 def _finite(value: Any) -> bool:
@@ -124,12 +105,12 @@ def check_reference(record: Any, where: str) -> dict:
 
 def load_predictions(path: str | Path) -> list[dict]:
     """A predictions JSONL, every line checked (`check_prediction`)."""
-    return [check_prediction(record, where) for where, record in read_records(path)]
+    return [check_prediction(record, where) for where, record in read_jsonl(path, RecordError)]
 
 
 def load_references(path: str | Path) -> list[dict]:
     """A references JSONL (canonical stream annotations), every line checked (`check_reference`)."""
-    return [check_reference(record, where) for where, record in read_records(path)]
+    return [check_reference(record, where) for where, record in read_jsonl(path, RecordError)]
 
 
 def _reference_key(reference: Mapping) -> tuple[str, str]:
@@ -171,7 +152,7 @@ def score_predictions(
     duplicates = sorted(key for key, count in Counter(keys).items() if count > 1)
     if duplicates:
         raise ValueError(
-            f"references share a key (give them distinct 'id' fields): {duplicates[:_MAX_LISTED]}"
+            f"references share a key (give them distinct 'id' fields): {duplicates[:10]}"
         )
     indexes = {"id": _index(predictions, "id"), "video": _index(predictions, "video")}
 
@@ -266,94 +247,11 @@ def score_predictions(
 
 
 # ---------------------------------------------------------------------------------------
-# Markdown rendering
-# ---------------------------------------------------------------------------------------
-
-
-def _format_value(value) -> str:
-    """One table cell: floats to 4 decimals, None as n/a, short lists inline."""
-    if value is None:
-        text = "n/a"
-    elif isinstance(value, bool):
-        text = str(value).lower()
-    elif isinstance(value, float):
-        text = f"{value:.4f}"
-    elif isinstance(value, (list, tuple)):
-        shown = ", ".join(_format_value(item) for item in value[:_MAX_LISTED])
-        text = shown + (f", … ({len(value)} total)" if len(value) > _MAX_LISTED else "")
-        text = text or "(none)"
-    else:
-        text = str(value)
-    return text.replace("|", "\\|")
-
-
-def _flatten(mapping: Mapping, prefix: str = "") -> list[tuple[str, object]]:
-    """Nested dicts -> (dotted key, value) rows; lists of dicts are summarised by length."""
-    rows = []
-    for key, value in mapping.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            rows += _flatten(value, prefix=f"{name}.")
-        elif isinstance(value, (list, tuple)) and any(isinstance(item, Mapping) for item in value):
-            rows.append((name, f"{len(value)} entries (see the JSON file)"))
-        else:
-            rows.append((name, value))
-    return rows
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    """A markdown table as lines."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return lines
-
-
-def write_markdown_table(metrics: Mapping, path: str | Path, *, title: str = "Metrics") -> Path:
-    """Write a metrics dict as human-readable markdown tables.
-
-    Top-level scalars form one table; each top-level dict gets its own section with nested
-    keys dotted. When "micro" and "per_video_mean" are both present they are shown side by
-    side with the number of videos behind each mean ("per_video_mean_num_videos"). Lists
-    of records (such as "per_video") are summarised by their length.
-
-    Args:
-        metrics: any JSON-like dict of metrics.
-        path: output file; its parent directory is created.
-        title: the top-level heading.
-
-    Returns:
-        The path written.
-    """
-    lines = [f"# {title}", ""]
-    sections = dict(metrics)
-    paired_rows = []
-    micro, mean = sections.get("micro"), sections.get("per_video_mean")
-    if isinstance(micro, Mapping) and isinstance(mean, Mapping):
-        del sections["micro"], sections["per_video_mean"]
-        mean_counts = sections.pop("per_video_mean_num_videos", {})
-        for name in list(micro) + [name for name in mean if name not in micro]:
-            values = (micro.get(name), mean.get(name), mean_counts.get(name))
-            paired_rows.append([name] + [_format_value(value) for value in values])
-    scalars = {key: value for key, value in sections.items() if not isinstance(value, Mapping)}
-    if scalars:
-        rows = [[key, _format_value(value)] for key, value in _flatten(scalars)]
-        lines += _table(["key", "value"], rows) + [""]
-    if paired_rows:
-        header = ["metric", "micro (pooled counts)", "per-video mean", "videos in mean"]
-        lines += ["## Aggregated over videos", ""] + _table(header, paired_rows) + [""]
-    for key, value in sections.items():
-        if isinstance(value, Mapping):
-            rows = [[name, _format_value(item)] for name, item in _flatten(value)]
-            lines += [f"## {key}", ""] + _table(["key", "value"], rows) + [""]
-    return write_text(path, "\n".join(lines).rstrip("\n") + "\n")
-
-
-# ---------------------------------------------------------------------------------------
 # Entry point
 # ---------------------------------------------------------------------------------------
 
 
-PROG = "python -m eval.score"
+PROG = "streammind score"
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -1,11 +1,11 @@
-"""The shared evaluation interface: `Task`, the runner, failure counting and the CLI helper.
+"""The shared evaluation interface: `Task`, the runner, failure counting, reports and CLI helpers.
 
 A benchmark (`eval/<benchmark>.py`) defines one `Task` subclass:
 
 - `examples()`: the examples to evaluate, in order (each with an id, `example_id`);
 - `run(model, processor, example)`: one raw prediction record (a JSON-ready dict); raises
-  `EvalFailure(reason, message)` when the example cannot be evaluated (a video that fails
-  to decode, a missing annotation, ...);
+  `BadSample(reason, message)` when the example cannot be evaluated (a video that fails to
+  decode, a missing annotation, ...);
 - `score(prediction=..., reference=...)`: pure per-example scores of a successful
   prediction, keyword-only so that the two can never be swapped;
 - `aggregate(scores)`: the dataset metrics from the per-example scores. Failed examples
@@ -13,17 +13,12 @@ A benchmark (`eval/<benchmark>.py`) defines one `Task` subclass:
 
 `run_task` runs a task and writes to the output directory given on the command line:
 `predictions.jsonl` (one line per example, failures included with an "error" and a
-"reason"), `metrics.json` and `metrics.md` (via `eval.score.write_markdown_table`).
-Nothing is dropped silently: every failure, every failure the task met while loading its
-data (`Task.load_failures`, e.g. an annotation pass without narrations) and every empty
+"reason"), `metrics.json` and `metrics.md` (`write_markdown_table`). Nothing is dropped
+silently: every failure, every failure the task met while loading its data
+(`Task.load_failures`, e.g. an annotation pass without narrations) and every empty
 prediction (`Task.is_empty`) is counted and listed under "failures" in the metrics.
 
-The streaming benchmarks share `run_stream_protocols`: the free-running protocol
-(`eval.streaming.run_free_running`) and/or the teacher-forced protocol (a `Task`, see
-`eval.teacher_forced`) into `<out>/free` and `<out>/teacher`, plus a summary of both in
-`<out>/metrics.json` and `<out>/metrics.md`.
-
-Reference: SPEC §7, STYLE §4.8.
+The streaming benchmarks run both of their protocols through `streammind.evaluation.protocols`.
 """
 
 from __future__ import annotations
@@ -34,33 +29,27 @@ import json
 import logging
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tqdm import tqdm
 
-from eval.score import write_markdown_table
-from streammind.atomic import atomic_write
-from streammind.atomic import write_json as _write_json
-from streammind.errors import ArgumentParser, UsageError
-
-if TYPE_CHECKING:
-    from eval.teacher_forced import TeacherForcedTask
+from ..errors import ArgumentParser, BadSample, UsageError, UserError
+from ..fileio import atomic_write, write_text
+from ..fileio import write_json as _write_json
 
 logger = logging.getLogger(__name__)
 
 PROTOCOLS = ("free", "teacher", "both")
 _DTYPES = ("float32", "bfloat16", "float16")
+# Longest list of ids rendered inline in the markdown table; the JSON keeps them all.
+_MAX_LISTED = 10
 
 
-class EvalFailure(Exception):
-    """An example that cannot be evaluated; `reason` is the counted category."""
-
-    def __init__(self, reason: str, message: str):
-        super().__init__(message)
-        self.reason = reason
+class RecordError(UserError, ValueError):
+    """A predictions or references line of the wrong shape (the message names ``file:line``)."""
 
 
 @dataclass(frozen=True)
@@ -91,7 +80,7 @@ class Task:
         return str(example["id"])
 
     def run(self, model, processor, example: Any) -> dict:
-        """The raw prediction record of one example; raises EvalFailure (counted)."""
+        """The raw prediction record of one example; raises BadSample (counted)."""
         raise NotImplementedError
 
     def score(self, *, prediction: dict, reference: Any) -> dict:
@@ -122,11 +111,6 @@ def failure_summary(failures: Sequence[Failure], num_examples: int, empty_ids: S
     }
 
 
-def plot_filename(example_id: str) -> str:
-    """A file name for an example's plot: ids such as "match/1" keep their folders apart."""
-    return str(example_id).strip("/").replace("/", "__") + ".png"
-
-
 def write_json(obj: Any, path: str | Path) -> Path:
     """Indented JSON (NaN refused), parent folders created, written atomically."""
     return _write_json(path, obj, allow_nan=False)
@@ -154,7 +138,7 @@ def run_task(task: Task, model, processor, out_dir: str | Path, *, title: str | 
                 prediction = {"id": example_id, **task.run(model, processor, example)}
                 if task.is_empty(prediction):
                     empty.append(example_id)
-            except EvalFailure as error:
+            except BadSample as error:
                 logger.warning("%s: %s failed (%s): %s", task.name, example_id, error.reason, error)
                 failures.append(Failure(example_id, error.reason, str(error)))
                 prediction = {"id": example_id, "error": str(error), "reason": error.reason}
@@ -182,77 +166,86 @@ def _without_lists_of_records(metrics: dict) -> dict:
 
 
 # ---------------------------------------------------------------------------------------
-# Streaming benchmarks: both protocols
+# Markdown reports
 # ---------------------------------------------------------------------------------------
 
 
-def run_stream_protocols(
-    task: TeacherForcedTask,
-    model,
-    processor,
-    out_dir: str | Path,
-    *,
-    protocol: str = "both",
-    use_meteor: bool = True,
-) -> dict:
-    """Free-running and/or teacher-forced evaluation of a stream task.
+def _format_value(value) -> str:
+    """One table cell: floats to 4 decimals, None as n/a, short lists inline."""
+    if value is None:
+        text = "n/a"
+    elif isinstance(value, bool):
+        text = str(value).lower()
+    elif isinstance(value, float):
+        text = f"{value:.4f}"
+    elif isinstance(value, (list, tuple)):
+        shown = ", ".join(_format_value(item) for item in value[:_MAX_LISTED])
+        text = shown + (f", … ({len(value)} total)" if len(value) > _MAX_LISTED else "")
+        text = text or "(none)"
+    else:
+        text = str(value)
+    return text.replace("|", "\\|")
+
+
+def _flatten(mapping: Mapping, prefix: str = "") -> list[tuple[str, object]]:
+    """Nested dicts -> (dotted key, value) rows; lists of dicts are summarised by length."""
+    rows = []
+    for key, value in mapping.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            rows += _flatten(value, prefix=f"{name}.")
+        elif isinstance(value, (list, tuple)) and any(isinstance(item, Mapping) for item in value):
+            rows.append((name, f"{len(value)} entries (see the JSON file)"))
+        else:
+            rows.append((name, value))
+    return rows
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """A markdown table as lines."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def write_markdown_table(metrics: Mapping, path: str | Path, *, title: str = "Metrics") -> Path:
+    """Write a metrics dict as human-readable markdown tables.
+
+    Top-level scalars form one table; each top-level dict gets its own section with nested
+    keys dotted. When "micro" and "per_video_mean" are both present they are shown side by
+    side with the number of videos behind each mean ("per_video_mean_num_videos"). Lists
+    of records (such as "per_video") are summarised by their length.
 
     Args:
-        task: a stream task (`eval.teacher_forced.TeacherForcedTask`): its `examples()` are
-            `StreamAnnotation` records under `task.data_root`; `run`/`score` are the
-            teacher-forced protocol; its `threshold` (None: the model config's) and
-            `num_plots` serve both protocols.
-        protocol: "free", "teacher" or "both".
-        use_meteor: False skips METEOR in the free-running caption metrics.
+        metrics: any JSON-like dict of metrics.
+        path: output file; its parent directory is created.
+        title: the top-level heading.
 
     Returns:
-        The summary written to `<out>/metrics.json`: {"task", "protocols", "free",
-        "teacher", "load_failures"}, each protocol's headline numbers and failure counts;
-        the full metrics are in `<out>/<protocol>/metrics.json`.
+        The path written.
     """
-    from eval.streaming import run_free_running
-
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
-    out = Path(out_dir)
-    threshold = model.config.gate_threshold if task.threshold is None else task.threshold
-    load_failures = task.load_failures
-    summary: dict = {
-        "task": task.name,
-        "protocols": [],
-        "load_failures": {
-            "num_failed": len(load_failures),
-            "by_reason": dict(sorted(Counter(f.reason for f in load_failures).items())),
-            "failed_ids": [f.id for f in load_failures],
-        },
-    }
-    if protocol in ("free", "both"):
-        metrics = run_free_running(
-            model, processor, task.examples(), task.data_root, out / "free",
-            threshold=threshold, num_plots=task.num_plots, use_meteor=use_meteor,
-        )
-        counts = metrics["counts"]
-        summary["protocols"].append("free")
-        summary["free"] = {
-            **metrics["headline"],
-            "captions": {k: v for k, v in metrics["captions"].items() if k != "skipped"},
-            "threshold": metrics["threshold"],
-            "error_ids": counts["error_ids"],
-            "num_empty_predictions": counts["num_empty_predictions"],
-        }
-    if protocol in ("teacher", "both"):
-        metrics = run_task(task, model, processor, out / "teacher", title=f"{task.name}: teacher-forced")
-        summary["protocols"].append("teacher")
-        summary["teacher"] = {
-            **metrics["aggregate"],
-            "threshold": threshold,
-            "extra": metrics["extra"],
-            "num_failed": metrics["failures"]["num_failed"],
-            "failed_by_reason": metrics["failures"]["by_reason"],
-        }
-    write_json(summary, out / "metrics.json")
-    write_markdown_table(summary, out / "metrics.md", title=f"{task.name}: streaming benchmark")
-    return summary
+    lines = [f"# {title}", ""]
+    sections = dict(metrics)
+    paired_rows = []
+    micro, mean = sections.get("micro"), sections.get("per_video_mean")
+    if isinstance(micro, Mapping) and isinstance(mean, Mapping):
+        del sections["micro"], sections["per_video_mean"]
+        mean_counts = sections.pop("per_video_mean_num_videos", {})
+        for name in list(micro) + [name for name in mean if name not in micro]:
+            values = (micro.get(name), mean.get(name), mean_counts.get(name))
+            paired_rows.append([name] + [_format_value(value) for value in values])
+    scalars = {key: value for key, value in sections.items() if not isinstance(value, Mapping)}
+    if scalars:
+        rows = [[key, _format_value(value)] for key, value in _flatten(scalars)]
+        lines += _table(["key", "value"], rows) + [""]
+    if paired_rows:
+        header = ["metric", "micro (pooled counts)", "per-video mean", "videos in mean"]
+        lines += ["## Aggregated over videos", ""] + _table(header, paired_rows) + [""]
+    for key, value in sections.items():
+        if isinstance(value, Mapping):
+            rows = [[name, _format_value(item)] for name, item in _flatten(value)]
+            lines += [f"## {key}", ""] + _table(["key", "value"], rows) + [""]
+    return write_text(path, "\n".join(lines).rstrip("\n") + "\n")
 
 
 # ---------------------------------------------------------------------------------------
@@ -317,7 +310,7 @@ def load_model_from_args(args: argparse.Namespace):
     """(model, processor) from --model / --device / --dtype."""
     import torch
 
-    from streammind import load_model
+    from ..builder import load_model
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     key = (str(args.model), device, args.dtype)
@@ -341,18 +334,17 @@ def setup_logging() -> None:
 
 
 __all__ = [
-    "EvalFailure",
     "Failure",
     "PROTOCOLS",
+    "RecordError",
     "Task",
     "apply_limit",
     "build_parser",
     "failure_summary",
     "load_model_from_args",
-    "plot_filename",
     "reuse_loaded_models",
-    "run_stream_protocols",
     "run_task",
     "setup_logging",
     "write_json",
+    "write_markdown_table",
 ]

@@ -12,7 +12,7 @@ Per record (one video x annotation pass), batch size 1:
    after the last turn is scored. The clip is built by `StreamDataset(stage="both")`, so
    frames, placeholders, labels and turn ends are exactly what training sees. A record
    that cannot be built (missing or undecodable video, no turns, a turn past the video's
-   end, two turns on one frame) raises `EvalFailure` with the dataset's reason; the runner
+   end, two turns on one frame) raises `BadSample` with the dataset's reason; the runner
    counts it.
 2. Language (LM-PPL, LM-Correctness). One teacher-forced forward `model(...)` over the
    whole ground-truth dialogue: every turn's frames (perception tokens sampled per turn
@@ -77,18 +77,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from eval.common import EvalFailure, Failure, Task, plot_filename
-from eval.metrics import (
-    TeacherForcedTurn,
-    aggregate_teacher_forced,
-    score_teacher_forced_turn,
-    score_teacher_forced_video,
-)
-from eval.plots import plot_timeline
-from streammind.datasets.annotations import StreamAnnotation
-from streammind.datasets.collator import StreamCollator
-from streammind.datasets.stream import BadSample, StreamDataset
-from streammind.processing import IGNORE_INDEX
+from ..processing import IGNORE_INDEX
+from ..training.annotations import StreamAnnotation
+from ..training.collator import StreamCollator
+from ..training.datasets import StreamDataset
+from .metrics import aggregate_teacher_forced, score_teacher_forced_record
+from .plots import plot_filename, plot_timeline
+from .tasks import Failure, Task
 
 _ROUND = 6
 
@@ -162,15 +157,12 @@ def teacher_forced_record(
     threshold: float | None = None,
     fps: float | None = None,
 ) -> dict:
-    """Run the teacher-forced protocol on one record (module docstring); raises EvalFailure."""
+    """Run the teacher-forced protocol on one record (module docstring); raises BadSample."""
     fps = fps or model.config.frames_per_second
     threshold = model.config.gate_threshold if threshold is None else threshold
     clip = through_last_turn(record, fps)
-    try:
-        dataset = StreamDataset([clip], data_root, processor, stage="both", fps=fps, on_error="raise")
-        example = dataset.example(0)
-    except BadSample as error:
-        raise EvalFailure(error.reason, str(error)) from error
+    dataset = StreamDataset([clip], data_root, processor, stage="both", fps=fps, on_error="raise")
+    example = dataset.example(0)  # a record that cannot be built raises BadSample (counted by the runner)
     device = next(model.parameters()).device
     batch = {k: v.to(device) for k, v in StreamCollator(processor.pad_token_id)([example]).items()}
     out = model(
@@ -227,82 +219,6 @@ def teacher_forced_record(
 
 def _rounded(values: np.ndarray) -> list[float]:
     return [round(float(v), _ROUND) for v in values]
-
-
-def turns_of(prediction: dict) -> list[TeacherForcedTurn]:
-    """The `TeacherForcedTurn`s of one prediction record."""
-    return [
-        TeacherForcedTurn(
-            decisions=turn["decisions"],
-            following_decisions=turn["following_decisions"],
-            token_logprobs=turn["token_logprobs"],
-            token_correct=turn["token_correct"],
-        )
-        for turn in prediction["turns"]
-    ]
-
-
-def score_teacher_forced_record(*, prediction: dict, reference: StreamAnnotation) -> dict:
-    """Teacher-forced scores of one record (a `teacher_forced_record` output).
-
-    Returns:
-        {"id", "video", "fps", "threshold", VideoLLM-online's "lm_ppl", "time_diff",
-         "fluency", "lm_correctness" (and the counts of `score_teacher_forced_video`),
-         "token_accuracy", "frame_diffs" (per timed turn), "timing" (early / on_time /
-         late turn counts; late = no respond decision within the turn)}.
-    """
-    fps = prediction["fps"]
-    turns = turns_of(prediction)
-    frame_diffs, timing = [], {"early": 0, "on_time": 0, "late": 0}
-    for turn in turns:
-        diff = score_teacher_forced_turn(turn, fps=fps)["frame_diff"]
-        if diff is None:
-            continue
-        frame_diffs.append(diff)
-        timing["late" if not any(turn.decisions) else "early" if diff > 0 else "on_time"] += 1
-    accuracies = [float(np.mean(turn.token_correct)) for turn in turns if len(turn.token_correct)]
-    return {
-        "id": reference.id or reference.video,
-        "video": reference.video,
-        "fps": fps,
-        "threshold": prediction["threshold"],
-        **score_teacher_forced_video(turns, fps=fps),
-        "token_accuracy": float(np.mean(accuracies)) if accuracies else None,
-        "frame_diffs": frame_diffs,
-        "timing": timing,
-    }
-
-
-def aggregate_teacher_forced_records(per_video: Sequence[dict]) -> dict:
-    """Dataset metrics from the scores of the records that ran (failures are not scored).
-
-    Returns:
-        {"protocol", "settings": {"fps", "threshold"}, "aggregate" (VideoLLM-online's four
-         metrics, mean over records), "extra" (StreamMind-specific numbers), "per_video"}.
-    """
-    signed = [diff for video in per_video for diff in video["frame_diffs"]]
-    accuracies = [video["token_accuracy"] for video in per_video if video["token_accuracy"] is not None]
-    return {
-        "protocol": "teacher_forced",
-        "settings": {
-            "fps": _single({video["fps"] for video in per_video}),
-            "threshold": _single({video["threshold"] for video in per_video}),
-        },
-        "aggregate": aggregate_teacher_forced(per_video),
-        "extra": {
-            **{f"turns_{name}": sum(video["timing"][name] for video in per_video) for name in ("early", "on_time", "late")},
-            "mean_signed_frame_diff": float(np.mean(signed)) if signed else None,
-            "token_accuracy": float(np.mean(accuracies)) if accuracies else None,
-        },
-        "per_video": list(per_video),
-    }
-
-
-def _single(values: set):
-    """The one value used by every record, a sorted list when they differ, None if none."""
-    if not values:
-        return None
-    return next(iter(values)) if len(values) == 1 else sorted(values)
 
 
 def plot_teacher_forced(prediction: dict, path: str | Path) -> Path:
@@ -369,7 +285,7 @@ class TeacherForcedTask(Task):
         return score_teacher_forced_record(prediction=prediction, reference=reference)
 
     def aggregate(self, scores: Sequence[dict]) -> dict:
-        return aggregate_teacher_forced_records(scores)
+        return aggregate_teacher_forced(scores)
 
     def after_run(self, predictions: Sequence[dict], out_dir: Path) -> None:
         """Timeline plots of the first `num_plots` scored records."""
@@ -383,9 +299,6 @@ __all__ = [
     "parity_respond_masks",
     "plot_teacher_forced",
     "reply_token_scores",
-    "aggregate_teacher_forced_records",
-    "score_teacher_forced_record",
     "teacher_forced_record",
     "through_last_turn",
-    "turns_of",
 ]

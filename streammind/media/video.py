@@ -78,7 +78,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from streammind.errors import UserError
+from ..errors import UserError
 
 try:
     import decord
@@ -228,6 +228,22 @@ def _video_end(pts: np.ndarray, last_end_s: float, fps: float) -> float:
     if len(pts) > 1:
         return last + float(np.median(np.diff(pts)))
     return last + (1.0 / fps if fps > 0 else 0.0)
+
+
+# Slack when ceiling a time to the frame grid, relative to t * fps: absorbs float noise
+# (0.7 s * 10 fps = 7.000000000000001 stays on slot 7) at any scale, while a time even a
+# microsecond past a slot moves to the next one.
+_GRID_REL_EPS = 1e-9
+
+
+def ceil_to_grid(time_s: float, fps: float) -> float:
+    """The smallest grid time ``k / fps >= time_s`` (k >= 0): where an event at `time_s` is first seen.
+
+    ``t * fps`` within a relative 1e-9 above an integer counts as that integer (float noise,
+    not a later time).
+    """
+    x = time_s * fps
+    return max(math.ceil(x - _GRID_REL_EPS * max(1.0, abs(x))) / fps, 0.0)
 
 
 def sample_grid(duration_s: float, fps: float, start: float = 0.0, end: float | None = None) -> np.ndarray:

@@ -36,12 +36,12 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from .atomic import atomic_directory, write_json
-from .configuration import StreamMindConfig
-from .datasets.annotations import load_annotations
-from .datasets.video import read_video
-from .errors import ArgumentParser, run_command
-from .vision import FrameProcessor, VisionEncoder
+from ..configuration import StreamMindConfig
+from ..errors import ArgumentParser, run_command
+from ..fileio import atomic_directory, write_json
+from ..media.video import read_video
+from ..training.annotations import load_annotations
+from ..vision import FrameProcessor, VisionEncoder
 from .world import WorldObject, all_scenes, scene_from_record
 
 logger = logging.getLogger(__name__)
@@ -196,9 +196,10 @@ def pretrain_tower(
     return metrics
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = ArgumentParser(prog="python -m streammind.tower_pretrain", description=__doc__.split("\n\n")[0])
-    parser.add_argument("world_dir", help="a world written by python -m streammind.world")
+def main(argv: list[str] | None = None) -> int:
+    """`streammind pretrain-tower WORLD OUT`: pretrain the tower, print its metrics; returns the exit status."""
+    parser = ArgumentParser(prog="streammind pretrain-tower", description=__doc__.split("\n\n")[0])
+    parser.add_argument("world_dir", help="a world written by `streammind world`")
     parser.add_argument("out_dir", help="where the CLIPVisionModel directory is written")
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--steps", type=int, default=400)
@@ -210,7 +211,7 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     metrics = pretrain_tower(**vars(args))
     print(json.dumps(metrics, indent=2))
-    return metrics
+    return 0
 
 
 if __name__ == "__main__":

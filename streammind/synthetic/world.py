@@ -61,8 +61,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from .atomic import atomic_write, write_json
-from .errors import ArgumentParser, run_command
+from ..errors import ArgumentParser, run_command
+from ..fileio import atomic_write, write_json
 
 try:  # PyAV is the optional "video" extra; only writing the mp4 files needs it
     import av
@@ -588,8 +588,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    """Generate the world and its tokenizer; print a one-line summary per split."""
+def main(argv: list[str] | None = None) -> int:
+    """`streammind world DIR`: generate the world and its tokenizer, print a summary per split; returns the exit status."""
     args = _parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     config = WorldConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(WorldConfig)})
@@ -601,7 +601,7 @@ def main(argv: list[str] | None = None) -> dict:
     for split, stats in summary["splits"].items():
         print(f"  {split:5s} {stats['videos']:4d} videos  {stats['events']:5d} events  {stats['turns']:4d} turns")
     print(f"  {summary['num_distinct_queries']} queries, {summary['num_distinct_replies']} replies, tokenizer vocab {len(tokenizer)}")
-    return summary
+    return 0
 
 
 if __name__ == "__main__":

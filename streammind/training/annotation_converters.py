@@ -46,16 +46,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from streammind.datasets.annotations import (
-    AnnotationError,
-    StreamAnnotation,
-    Turn,
-    load_llava_json,
-    read_json,
-    save_annotations,
-    save_offline_samples,
-)
-from streammind.errors import ArgumentParser, UserError, run_command
+from ..errors import ArgumentParser, UserError, run_command
+from ..fileio import read_json
+from ..media.video import ceil_to_grid
+from .annotations import AnnotationError, StreamAnnotation, Turn, load_llava_json, save_annotations, save_offline_samples
 
 logger = logging.getLogger(__name__)
 
@@ -66,18 +60,11 @@ SOCCER_VIDEO_TEMPLATE = "{match}/{half}_224p.mkv"
 SOCCER_LABELS_NAME = "Labels-caption.json"
 
 _GAME_TIME = re.compile(r"^\s*(\d+)\s*-\s*(\d{2,3}):([0-5]\d)\s*$")
-# Slack for float noise in t * fps (e.g. 0.7 * 10 = 7.000000000000001 must stay on slot 7).
-_GRID_EPS = 1e-9
 
 
 def _read_json(path: Path) -> Any:
-    """Load a JSON file, turning I/O, encoding and syntax problems into AnnotationError."""
-    return read_json(path)
-
-
-def ceil_to_grid(time_s: float, fps: float) -> float:
-    """Smallest grid time ``k / fps >= time_s`` (never below 0)."""
-    return max(math.ceil(time_s * fps - _GRID_EPS) / fps, 0.0)
+    """Load a JSON file; I/O, encoding and syntax problems are an AnnotationError naming it."""
+    return read_json(path, AnnotationError)
 
 
 # -------------------------------------------------------------------------------- Ego4D
@@ -258,7 +245,7 @@ def convert_soccernet_tree(
 def _parser() -> argparse.ArgumentParser:
     """Command-line interface: one sub-command per source format."""
     parser = ArgumentParser(
-        prog="python -m streammind.datasets.converters",
+        prog="streammind convert-annotations",
         description="Convert upstream annotations to StreamMind JSON Lines (SPEC §6).",
     )
     sub = parser.add_subparsers(dest="format", required=True, help="source annotation format")
@@ -342,4 +329,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_command("python -m streammind.datasets.converters", main))
+    raise SystemExit(run_command("streammind convert-annotations", main))

@@ -37,15 +37,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ..atomic import atomic_write
-from ..errors import UserError
+from ..fileio import FileFormatError, atomic_write, read_json, read_jsonl
 
 STREAM_KEYS = ("video", "query", "turns", "start", "end", "id")
 OFFLINE_KEYS = ("id", "video", "image", "conversations")
 LLAVA_ROLES = {"human": "user", "gpt": "assistant"}
 
 
-class AnnotationError(UserError, ValueError):
+class AnnotationError(FileFormatError):
     """An annotation file or record is malformed; the message says where and why."""
 
 
@@ -225,47 +224,6 @@ class StreamAnnotation:
         return cls(**fields)
 
 
-def read_jsonl(path: str | os.PathLike) -> Iterable[tuple[str, Any]]:
-    """Yield (``file:line``, parsed object) for each non-blank line of a JSON Lines file.
-
-    Raises:
-        AnnotationError: a missing file, or a line that is not UTF-8 or not JSON (``file:line``).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise AnnotationError(f"{path}: file not found")
-    with path.open("rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            where = f"{path}:{lineno}"
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise AnnotationError(f"{where}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
-            if not line.strip():
-                continue
-            try:
-                yield where, json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise AnnotationError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})") from exc
-            except RecursionError as exc:
-                raise AnnotationError(f"{where}: invalid JSON (nested too deeply)") from exc
-
-
-def read_json(path: str | os.PathLike) -> Any:
-    """Load one JSON document; a missing file, non-UTF-8 bytes or bad JSON raise AnnotationError (``file:line``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise AnnotationError(f"{path}: file not found")
-    try:
-        return json.loads(path.read_bytes().decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise AnnotationError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
-    except json.JSONDecodeError as exc:
-        raise AnnotationError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg} at column {exc.colno})") from exc
-    except RecursionError as exc:
-        raise AnnotationError(f"{path}: invalid JSON (nested too deeply)") from exc
-
-
 def _write_jsonl(rows: Iterable[dict[str, Any]], path: str | os.PathLike) -> int:
     """Write one compact JSON object per line (UTF-8, non-ASCII kept) atomically; return the count."""
     n = 0
@@ -283,7 +241,7 @@ def load_annotations(path: str | os.PathLike) -> list[StreamAnnotation]:
         AnnotationError: naming ``file:line`` and the problem (bad JSON, missing key,
             wrong type, empty text, negative or non-increasing times).
     """
-    return [StreamAnnotation.from_dict(obj, where) for where, obj in read_jsonl(path)]
+    return [StreamAnnotation.from_dict(obj, where) for where, obj in read_jsonl(path, AnnotationError)]
 
 
 def save_annotations(records: Iterable[StreamAnnotation], path: str | os.PathLike) -> int:
@@ -427,7 +385,7 @@ def _messages(record: Mapping[str, Any], where: str, role_key: str, text_key: st
 
 def load_offline_samples(path: str | os.PathLike) -> list[OfflineSample]:
     """Read and validate an offline-sample JSON Lines file (errors name ``file:line``)."""
-    return [OfflineSample.from_dict(obj, where) for where, obj in read_jsonl(path)]
+    return [OfflineSample.from_dict(obj, where) for where, obj in read_jsonl(path, AnnotationError)]
 
 
 def save_offline_samples(samples: Iterable[OfflineSample], path: str | os.PathLike) -> int:
@@ -448,7 +406,7 @@ def load_llava_json(path: str | os.PathLike) -> list[OfflineSample]:
     path = Path(path)
     if not path.is_file():
         raise AnnotationError(f"{path}: file not found")
-    items = read_json(path)
+    items = read_json(path, AnnotationError)
     if not isinstance(items, list):
         raise AnnotationError(f"{path}: expected a JSON list of samples, got {type(items).__name__}")
     samples = []

@@ -33,22 +33,20 @@ cache raises `MissingFeatures`, naming the clip and the command that fills the c
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..errors import UserError
+from ..errors import BadSample, UserError
+from ..media.video import VideoDecodeError, probe_video, read_video
 from ..processing import ChatTurn, StreamMindProcessor
 from .annotations import StreamAnnotation, load_annotations
-from .video import VideoDecodeError, probe_video, read_video
+from .features import FeatureCache
 
 logger = logging.getLogger(__name__)
 
@@ -58,14 +56,6 @@ _TIME_EPS = 1e-6
 
 class MissingFeatures(UserError, LookupError):
     """A clip has no entry in the feature cache: the extraction pass has not run over it."""
-
-
-class BadSample(UserError):
-    """An annotation record that cannot become an example; `reason` is the counted category."""
-
-    def __init__(self, reason: str, message: str):
-        super().__init__(message)
-        self.reason = reason
 
 
 def turn_end_frames(frame_times: np.ndarray, turn_times: list[float]) -> list[int]:
@@ -88,110 +78,6 @@ def turn_end_frames(frame_times: np.ndarray, turn_times: list[float]) -> list[in
             raise BadSample("turns_share_a_frame", f"turn at {t:.3f}s falls on the same frame as the previous turn")
         ends.append(end)
     return ends
-
-
-@dataclass
-class FeatureCache:
-    """Pooled CLIP features on disk, one file per clip, under a key of everything that affects them.
-
-    Layout: `root/<model_key>/<clip digest>.pt`, the clip digest covering the video's absolute
-    path, size and mtime, the sampling fps and the [start, end) window. Each file holds the
-    features [T, Dv] (in the tower's dtype) and the frame times [T], so a cached clip is never
-    decoded again. A clip that cannot be decoded gets a `<clip digest>.failed` JSON note
-    (reason, message) instead, so that every rank's dataset can skip or raise on it.
-
-    Writes are atomic (a temporary file renamed into place): a killed extraction leaves no
-    partial entry, and several ranks may store the same clip at once.
-
-    Args:
-        root: cache directory.
-        model_key: identifies the frozen tower (`vision_cache_key(config, vision)`).
-    """
-
-    root: str | os.PathLike
-    model_key: str
-    FORMAT = 3  # bumped when the file content or the key changes; older files are simply not found
-
-    @property
-    def directory(self) -> Path:
-        return Path(self.root) / self.model_key
-
-    def path(self, video: str, fps: float, start: float | None, end: float | None) -> Path:
-        stat = os.stat(video)
-        clip_key = json.dumps([self.FORMAT, os.path.abspath(video), stat.st_size, int(stat.st_mtime), fps, start, end])
-        digest = hashlib.sha1(clip_key.encode()).hexdigest()[:20]
-        return self.directory / f"{digest}.pt"
-
-    def contains(self, video, fps, start, end) -> bool:
-        """Whether the clip's features are cached."""
-        return self.path(video, fps, start, end).exists()
-
-    def load(self, video, fps, start, end) -> tuple[torch.Tensor, np.ndarray] | None:
-        """(features [T, Dv], frame times [T]) of a cached clip, or None."""
-        p = self.path(video, fps, start, end)
-        if not p.exists():
-            return None
-        entry = torch.load(p, weights_only=True)
-        return entry["features"], entry["times"].numpy()
-
-    def store(self, video, fps, start, end, features: torch.Tensor, times: np.ndarray) -> None:
-        """Write a clip's features [T, Dv] and frame times [T] (atomically; drops a failure note)."""
-        p = self.path(video, fps, start, end)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(f"{p.name}.{os.getpid()}.tmp")  # ranks of one run may store the same clip at once
-        torch.save({"features": features.detach().cpu(), "times": torch.as_tensor(np.asarray(times), dtype=torch.float64)}, tmp)
-        tmp.replace(p)
-        p.with_suffix(".failed").unlink(missing_ok=True)
-
-    def mark_failed(self, video, fps, start, end, reason: str, message: str) -> None:
-        """Record that the clip cannot be decoded (`reason` is a BadSample category)."""
-        p = self.path(video, fps, start, end).with_suffix(".failed")
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(f"{p.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"reason": reason, "message": message}))
-        tmp.replace(p)
-
-    def failure(self, video, fps, start, end) -> tuple[str, str] | None:
-        """(reason, message) recorded by `mark_failed`, or None."""
-        p = self.path(video, fps, start, end).with_suffix(".failed")
-        if not p.exists():
-            return None
-        note = json.loads(p.read_text())
-        return note["reason"], note["message"]
-
-
-# Fields of the tower's config that do not change its features given its weights: metadata and
-# init-only settings (the weights themselves are hashed), and output switches. Leaving them out
-# keeps the key equal whether a tower was loaded from a path, a hub id or a saved StreamMind model.
-_KEY_IGNORED_VISION_FIELDS = frozenset({
-    "_name_or_path", "transformers_version", "architectures", "dtype", "torch_dtype", "id2label", "label2id", "problem_type",
-    "initializer_range", "initializer_factor", "output_hidden_states", "output_attentions", "return_dict",
-})
-
-
-def vision_cache_key(config, vision: torch.nn.Module) -> str:
-    """Hash of the settings and weights that determine pooled features (16 hex digits).
-
-    Covers the tower's architecture (`config.vision_config` less metadata), the feature layer,
-    the pooling, the image preprocessing (mode, mean, std; the size is in the vision config),
-    and every tensor of `vision`'s state dict: name, dtype, shape and raw bytes in the stored
-    dtype (a bf16 tower and its fp32 copy give different features, hence different keys).
-    Hashing the raw bytes avoids an fp32 copy: a CLIP-L/336 tower (304 M parameters) hashes in
-    about a second on one CPU core. Only the tower is hashed, never the LLM.
-
-    Args:
-        config: the StreamMindConfig the tower belongs to.
-        vision: the `VisionEncoder` (any device; tensors are copied to the CPU one at a time).
-    """
-    vision_cfg = {k: v for k, v in config.vision_config.to_dict().items() if k not in _KEY_IGNORED_VISION_FIELDS}
-    h = hashlib.sha1()
-    h.update(json.dumps([vision_cfg, config.vision_feature_layer, config.frame_pooling, config.image_preprocess,
-                         list(config.image_mean), list(config.image_std)], sort_keys=True, default=str).encode())
-    for name, p in sorted(vision.state_dict().items()):
-        t = p.detach().contiguous().cpu()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy())  # the stored bytes, no conversion
-    return h.hexdigest()[:16]
 
 
 class StreamDataset(Dataset):
@@ -354,4 +240,4 @@ class StreamDataset(Dataset):
             return self[(i + 1) % len(self)]
 
 
-__all__ = ["BadSample", "FeatureCache", "MissingFeatures", "StreamDataset", "turn_end_frames", "vision_cache_key"]
+__all__ = ["MissingFeatures", "StreamDataset", "turn_end_frames"]

@@ -24,8 +24,8 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from streammind import load_model, save_model
+from streammind.apps.cli import main
 from streammind.builder import CheckpointError
-from streammind.cli import main
 from tests.adversarial.conftest import one_error_line, tree_checksums
 from tests.conftest import REPO
 

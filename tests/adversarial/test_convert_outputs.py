@@ -19,9 +19,9 @@ import pytest
 from transformers import AutoTokenizer
 
 from streammind import load_model
-from streammind.cli import main
-from streammind.datasets import converters
+from streammind.apps.cli import main
 from streammind.errors import run_command
+from streammind.training import converters
 from tests.adversarial.conftest import one_error_line, tree_checksums
 from tests.test_convert import GATE_HEADS, make_original
 

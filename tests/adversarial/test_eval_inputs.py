@@ -14,9 +14,9 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from streammind_eval.qa_open import Judge, JudgeConfig, JudgeConfigError
 
 from eval import score
-from eval.qa_open import Judge, JudgeConfig, JudgeConfigError
 from streammind.errors import run_command
 from tests.adversarial.conftest import one_error_line, tree_checksums
 

@@ -28,8 +28,8 @@ import pytest
 from PIL import Image
 
 from streammind import StreamingSession
-from streammind.cli import main
-from streammind.runtime import StreamRunner
+from streammind.apps.cli import main
+from streammind.apps.runtime import StreamRunner
 from streammind.streaming import SessionInputError
 from tests.adversarial.conftest import one_error_line
 from tests.conftest import REPO
@@ -89,7 +89,7 @@ def test_session_checks_its_inputs(tiny):
 
 
 def test_a_query_over_the_budget_mid_stream_is_refused_and_the_stream_goes_on(tiny, images):
-    from streammind.runtime import open_source
+    from streammind.apps.runtime import open_source
 
     model, processor = tiny
     session = StreamingSession(model, processor, query="Tell me when a shape appears.", threshold=1.0)

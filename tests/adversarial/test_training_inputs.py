@@ -14,11 +14,11 @@ import logging
 import shutil
 
 import pytest
+import streammind.train as train
 import yaml
 
-import streammind.train as train
-from streammind.cli import main
-from streammind.datasets.stream import BadSample, StreamDataset
+from streammind.apps.cli import main
+from streammind.training.datasets import BadSample, StreamDataset
 from tests.adversarial.conftest import one_error_line, tree_checksums
 from tests.conftest import REPO
 from tests.test_train import _stage_args

@@ -22,9 +22,8 @@ import numpy as np
 import pytest
 
 from streammind import StreamingSession, save_model
-from streammind.cli import main
-from streammind.datasets.video import VideoDecodeError, probe_video, sample_grid
-from streammind.runtime import (
+from streammind.apps.cli import main
+from streammind.apps.runtime import (
     FrameSource,
     ImageFolderFrames,
     LatencyStats,
@@ -34,6 +33,7 @@ from streammind.runtime import (
     format_time,
     source_kind,
 )
+from streammind.media.video import VideoDecodeError, probe_video, sample_grid
 from tests.conftest import MEDIA, make_tiny
 
 QUERY = "Tell me when a shape appears."

@@ -23,8 +23,8 @@ from tokenizers import AddedToken
 from transformers import AutoTokenizer, CLIPVisionConfig, CLIPVisionModel, MistralConfig, MistralForCausalLM
 
 from streammind import StreamingSession, convert, load_model
-from streammind.cli import main as cli_main
-from streammind.convert import PROJECTOR_PREFIX, TOWER_PREFIX, ConversionError, load_streammind_original, load_videollama2
+from streammind.apps.cli import main as cli_main
+from streammind.apps.convert import PROJECTOR_PREFIX, TOWER_PREFIX, ConversionError, load_streammind_original, load_videollama2
 
 CLIP = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=16, patch_size=8)
 LLM = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-5, rope_theta=1e6)
@@ -306,7 +306,7 @@ def test_videollama2_without_a_usable_vision_config_says_what_to_pass(tmp_path, 
 
 
 def test_known_tower_name_gives_the_clip_l336_config(tmp_path):
-    from streammind.convert import vision_config_from_source
+    from streammind.apps.convert import vision_config_from_source
 
     config = vision_config_from_source({"mm_vision_tower": "openai/clip-vit-large-patch14-336"}, src=tmp_path)
     assert (config.hidden_size, config.num_hidden_layers, config.image_size, config.patch_size) == (1024, 24, 336, 14)

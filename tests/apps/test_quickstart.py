@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 
-from streammind.quickstart import main
+from streammind.apps.quickstart import main
 
 
 def test_quickstart_runs_from_nothing_and_writes_the_metrics(tmp_path, capsys):

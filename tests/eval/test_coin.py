@@ -7,8 +7,7 @@ Run: .venv/bin/python -m pytest tests/eval/test_coin.py -q
 import json
 
 import pytest
-
-from eval.coin import (
+from streammind_eval.coin import (
     COINTask,
     ceil_to_grid,
     main,
@@ -19,7 +18,8 @@ from eval.coin import (
     step_name,
     task_name,
 )
-from eval.offline import NearestMatcher
+
+from streammind.evaluation.offline import NearestMatcher
 from tests.eval.offline_support import data_root, save_tiny_model, world_video
 
 STEPS = NearestMatcher(["grind coffee beans", "pour water", "stir", "crop and fold paper"])

@@ -7,8 +7,7 @@ Run: .venv/bin/python -m pytest tests/eval/test_ego4d_lta.py -q
 import json
 
 import pytest
-
-from eval.ego4d_lta import (
+from streammind_eval.ego4d_lta import (
     NUM_FUTURE,
     Ego4DLTATask,
     Taxonomy,
@@ -19,6 +18,7 @@ from eval.ego4d_lta import (
     parse_actions,
     taxonomy_name,
 )
+
 from tests.eval.offline_support import FIXTURES, data_root, save_tiny_model, world_video
 
 

@@ -12,11 +12,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from streammind_eval.offline_suite import BENCHMARKS, NotFound, _run_main, main
+from streammind_eval.qa_mc import load_egoschema, load_videomme
+from streammind_eval.qa_open import OpenQATask
 
-from eval.offline_suite import BENCHMARKS, NotFound, _run_main, main
-from eval.qa_mc import load_egoschema, load_videomme
-from eval.qa_open import OpenQATask
-from streammind.cli import main as cli_main
+from streammind.apps.cli import main as cli_main
 from tests.eval.offline_support import FIXTURES, save_tiny_model, world_video
 from tests.eval.test_qa_open import FAKE_KEY, FakeServer
 from tests.eval.test_videochatgpt import SCORES, fake_verdict

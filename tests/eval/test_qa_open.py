@@ -11,8 +11,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-
-from eval.qa_open import (
+from streammind_eval.qa_open import (
     Judge,
     JudgeConfig,
     JudgeConfigError,
@@ -24,6 +23,7 @@ from eval.qa_open import (
     main,
     parse_judgement,
 )
+
 from streammind.errors import run_command
 from tests.eval.offline_support import FIXTURES, data_root, save_tiny_model, world_video
 

@@ -15,7 +15,7 @@ from transformers import AutoTokenizer
 
 from eval import ego4d_narration, soccernet, synthetic
 from streammind import save_model
-from streammind.datasets.annotations import load_annotations
+from streammind.training.annotations import load_annotations
 from tests.conftest import make_tiny
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"

@@ -9,9 +9,9 @@ import json
 import shutil
 
 import pytest
+from streammind_eval.qa_open import JudgeResponseError
+from streammind_eval.videochatgpt import judge_messages, load_benchmark, load_verdicts, main, parse_score, summarise
 
-from eval.qa_open import JudgeResponseError
-from eval.videochatgpt import judge_messages, load_benchmark, load_verdicts, main, parse_score, summarise
 from tests.eval.offline_support import FIXTURES, data_root, save_tiny_model, world_video
 from tests.eval.test_qa_open import FAKE_KEY, FakeServer
 

@@ -12,7 +12,7 @@ import shutil
 import pytest
 
 from eval import metrics
-from eval.metrics import (
+from streammind.evaluation.metrics import (
     TeacherForcedTurn,
     TimedText,
     aggregate_stream_scores,

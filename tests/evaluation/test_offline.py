@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from eval.common import EvalFailure
-from eval.offline import (
+from streammind.engine import Engine, beam_search
+from streammind.evaluation.offline import (
     NearestMatcher,
     answer,
     answer_beams,
@@ -22,7 +22,7 @@ from eval.offline import (
     load_frames,
     uniform_times,
 )
-from streammind.engine import Engine, beam_search
+from streammind.evaluation.tasks import EvalFailure
 from tests.eval.offline_support import world_video
 
 # ---- frames ----------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from eval.plots import plot_timeline
+from streammind.evaluation.plots import plot_timeline
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from eval.score import load_jsonl, main, score_predictions, write_markdown_table
+from streammind.evaluation.score import load_jsonl, main, score_predictions, write_markdown_table
 
 REFERENCES = [
     {

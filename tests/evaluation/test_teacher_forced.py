@@ -14,8 +14,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from eval.common import run_task
-from eval.teacher_forced import (
+from streammind.evaluation.tasks import run_task
+from streammind.evaluation.teacher_forced import (
     TeacherForcedTask,
     parity_respond_masks,
     reply_token_scores,
@@ -23,9 +23,9 @@ from eval.teacher_forced import (
     teacher_forced_record,
     through_last_turn,
 )
-from streammind.datasets.annotations import StreamAnnotation, Turn, load_annotations
-from streammind.datasets.collator import StreamCollator
-from streammind.datasets.stream import StreamDataset
+from streammind.training.annotations import StreamAnnotation, Turn, load_annotations
+from streammind.training.collator import StreamCollator
+from streammind.training.datasets import StreamDataset
 from tests.conftest import make_tiny
 
 QUERY = "Tell me when a shape appears."

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streammind.datasets import video
-from streammind.datasets.video import VideoDecodeError, iter_frames, probe_video, read_video, sample_grid
+from streammind.media.video import VideoDecodeError, iter_frames, probe_video, read_video, sample_grid
+from streammind.training import video
 
 REPO = Path(__file__).resolve().parents[2]
 MEDIA = REPO.parent / "shared" / "media"

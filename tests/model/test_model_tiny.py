@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from streammind.datasets.collator import StreamCollator
 from streammind.processing import ChatTurn
+from streammind.training.collator import StreamCollator
 from tests.conftest import make_tiny
 
 

@@ -14,9 +14,9 @@ from transformers import AutoTokenizer, CLIPVisionModel
 
 from streammind.builder import build_model
 from streammind.configuration import StreamMindConfig
-from streammind.tower_pretrain import SceneTextEncoder, _attribute_accuracy, load_scene_frames, pretrain_tower, scene_words
-from streammind.train import ModelArguments, build
-from streammind.world import WorldObject, all_scenes, render_frame
+from streammind.synthetic.tower_pretrain import SceneTextEncoder, _attribute_accuracy, load_scene_frames, pretrain_tower, scene_words
+from streammind.synthetic.world import WorldObject, all_scenes, render_frame
+from streammind.training.train import ModelArguments, build
 
 pytest.importorskip("av")
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from streammind.world import (
+from streammind.synthetic.world import (
     BACKGROUND,
     COLOURS,
     QUERIES,

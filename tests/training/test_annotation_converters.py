@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from streammind.datasets.annotations import AnnotationError, Message, Turn, load_annotations, load_offline_samples
-from streammind.datasets.converters import (
+from streammind.errors import run_command
+from streammind.training.annotation_converters import (
     EGO4D_QUERY,
     ceil_to_grid,
     convert_ego4d,
@@ -22,7 +22,7 @@ from streammind.datasets.converters import (
     narration_turns,
     parse_game_time,
 )
-from streammind.errors import run_command
+from streammind.training.annotations import AnnotationError, Message, Turn, load_annotations, load_offline_samples
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 PROG = "python -m streammind.datasets.converters"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from streammind.datasets.annotations import (
+from streammind.training.annotations import (
     AnnotationError,
     Message,
     StreamAnnotation,

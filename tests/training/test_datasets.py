@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from streammind.datasets.annotations import load_annotations
-from streammind.datasets.collator import StreamCollator
-from streammind.datasets.stream import BadSample, FeatureCache, MissingFeatures, StreamDataset, turn_end_frames, vision_cache_key
+from streammind.training.annotations import load_annotations
+from streammind.training.collator import StreamCollator
+from streammind.training.datasets import BadSample, FeatureCache, MissingFeatures, StreamDataset, turn_end_frames, vision_cache_key
 from tests.conftest import make_tiny
 
 

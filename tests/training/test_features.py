@@ -14,12 +14,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from streammind import save_model
-from streammind.cli import main as cli_main
-from streammind.datasets.annotations import load_annotations
-from streammind.datasets.collator import StreamCollator
-from streammind.datasets.stream import FeatureCache, StreamDataset, vision_cache_key
-from streammind.datasets.video import read_video
-from streammind.features import Clip, clips_of, extract_features, load_vision, shard
+from streammind.apps.cli import main as cli_main
+from streammind.media.video import read_video
+from streammind.training.annotations import load_annotations
+from streammind.training.collator import StreamCollator
+from streammind.training.datasets import FeatureCache, StreamDataset, vision_cache_key
+from streammind.training.features import Clip, clips_of, extract_features, load_vision, shard
 from streammind.vision import VisionEncoder
 from tests.conftest import make_tiny
 
@@ -195,7 +195,7 @@ def test_data_workers_never_build_or_call_the_tower(small_world, tower, tmp_path
 
 
 def test_train_fills_a_cold_cache_once_then_never_calls_the_tower(small_world, small_tower, tmp_path, monkeypatch):
-    from streammind.train import main as train_main
+    from streammind.training.train import main as train_main
 
     encoded = []
     forward = VisionEncoder.forward

@@ -17,7 +17,7 @@ import yaml
 from transformers import CLIPVisionModel
 
 from streammind import load_model
-from streammind.train import ModelArguments, _load_yaml, main, parse_args, set_trainable
+from streammind.training.train import ModelArguments, _load_yaml, main, parse_args, set_trainable
 from tests.conftest import REPO, make_tiny
 
 CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
