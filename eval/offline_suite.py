@@ -236,9 +236,13 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
+class BenchmarkFailed(Exception):
+    """A benchmark's command exited with an error; the message is its last error line."""
+
+
 def _run_main(module_name: str, argv: list[str]) -> None:
-    """Run `module.main(argv)` under the commands' error convention; a non-zero exit status (a
-    reported error, or SystemExit) raises RuntimeError with the command's last error line."""
+    """Run the benchmark module's `main(argv)` under the commands' error convention; a non-zero exit
+    status (a reported error, or SystemExit) raises BenchmarkFailed with the command's last error line."""
     tail = _Tail(sys.stderr)
     try:
         with contextlib.redirect_stderr(tail):
@@ -249,7 +253,7 @@ def _run_main(module_name: str, argv: list[str]) -> None:
     if status in (0, None):
         return
     lines = [line for line in tail.text.splitlines() if line.strip()]
-    raise RuntimeError(_one_line(lines[-1]) if lines else f"exited with status {status}")
+    raise BenchmarkFailed(_one_line(lines[-1]) if lines else f"exited with status {status}")
 
 
 def run_benchmark(benchmark: Benchmark, data_root: Path, out: Path, common: list[str], *, judge: bool) -> dict:
@@ -272,7 +276,10 @@ def run_benchmark(benchmark: Benchmark, data_root: Path, out: Path, common: list
         metrics = json.loads((bench_out / "metrics.json").read_text(encoding="utf-8"))
         values = benchmark.values(metrics)
         num_examples, num_failed = benchmark.counts(metrics)
-    except Exception as error:  # any failure of one benchmark is reported and the suite goes on
+    except BenchmarkFailed as error:  # a reported error: its one line says it all
+        logger.error("%s failed: %s", benchmark.name, error)
+        return record | {"status": "failed", "reason": _one_line(str(error)), "out": str(bench_out)}
+    except Exception as error:  # any other failure of one benchmark is reported and the suite goes on
         logger.error("%s failed", benchmark.name, exc_info=True)
         return record | {"status": "failed", "reason": _one_line(f"{type(error).__name__}: {error}"), "out": str(bench_out)}
     record |= {"values": values, "num_examples": num_examples, "num_failed": num_failed, "out": str(bench_out)}

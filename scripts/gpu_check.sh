@@ -3,14 +3,15 @@
 # Hardware: one NVIDIA GPU with >= 80 GB (measured on one H200), 16 CPU cores, ~40 GB free disk
 # or /dev/shm for the 7B outputs. Needs torch with CUDA, transformers >= 5.24, peft, PyAV,
 # deepspeed and pytest importable by $PYTHON (default .venv/bin/python, else python3); the
-# repository is put on PYTHONPATH here, so no install of the package is needed.
+# repository is put on PYTHONPATH here (with eval/ linked as `streammind_eval`, the name an
+# install gives it), so no install of the package is needed.
 #
 #   scripts/gpu_check.sh                  # on the GPU machine; OUT=<dir> also receives the summary
 #   scripts/gpu_check.sh --cpu-dry-run    # the same steps at toy sizes on the CPU (checks the script)
 #
 # What it runs, each step under `timeout` (a hang costs its limit, not the call), in order:
-#   world  python -m streammind.world: 24 train / 4 val / 4 test videos and the tokenizer
-#   tower  python -m streammind.tower_pretrain: the tiny preset's tower, 60 steps
+#   world  python -m streammind world: 24 train / 4 val / 4 test videos and the tokenizer
+#   tower  python -m streammind pretrain-tower: the tiny preset's tower, 60 steps
 #   (i)    configs/tiny/stage1.yaml through scripts/finetune_stage1.sh (torchrun), bf16,
 #          --dataloader_num_workers 2, a cold feature cache
 #   (ii)   configs/tiny/stage2.yaml through scripts/finetune_stage2.sh with the deepspeed
@@ -18,7 +19,7 @@
 #   (iii)  configs/stage1.yaml with --preset streammind-7b --lora true (random weights, bf16,
 #          ZeRO-2; the command of scripts/finetune_stage1.sh's header) WITH the feature cache:
 #          cold, then warm; 6 optimizer steps each
-#   (iv)   python -m streammind.features with the 7B tower (read from (iii)'s saved model) over
+#   (iv)   python -m streammind features with the 7B tower (read from (iii)'s saved model) over
 #          every clip of the world at 8 fps: the extraction pass's frames/s
 #   (v)    python -m pytest -m gpu tests (tests/test_gpu.py, the engine's GPU test)
 # The shipped configs run unchanged apart from data paths, step counts, output directories and
@@ -43,13 +44,16 @@ if [[ -z "${PYTHON:-}" ]]; then
     if [[ -x .venv/bin/python ]]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
 fi
 export PYTHON
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+RUN="${GPU_CHECK_DIR:-runs/gpu_check}"
+mkdir -p "$RUN/pythonpath"
+IMPORT_NAMES="$(cd "$RUN/pythonpath" && pwd)"
+ln -sfn "$PWD/eval" "$IMPORT_NAMES/streammind_eval"
+export PYTHONPATH="$PWD:$IMPORT_NAMES${PYTHONPATH:+:$PYTHONPATH}"
 export NPROC_PER_NODE=1
 export TOKENIZERS_PARALLELISM=false
 
-RUN="${GPU_CHECK_DIR:-runs/gpu_check}"
 BUDGET="${GPU_CHECK_BUDGET:-540}"
-rm -rf "$RUN"
+find "$RUN" -mindepth 1 -maxdepth 1 ! -name pythonpath -exec rm -rf {} +
 mkdir -p "$RUN/logs"
 LOG="$RUN/gpu_check.log"
 STEPS="$RUN/steps.tsv"
@@ -115,8 +119,8 @@ EOF
 
 W="$RUN/world"
 DATA=(--train_annotations "$W/train.jsonl" --data_root "$W")
-step world 60 "$PYTHON" -m streammind.world "$W" --num_train "$NUM_TRAIN" --num_val "$NUM_EVAL" --num_test "$NUM_EVAL" --seed 0
-step tower 60 "$PYTHON" -m streammind.tower_pretrain "$W" "$RUN/tower" --steps "$TOWER_STEPS" --batch_size 64
+step world 60 "$PYTHON" -m streammind world "$W" --num_train "$NUM_TRAIN" --num_val "$NUM_EVAL" --num_test "$NUM_EVAL" --seed 0
+step tower 60 "$PYTHON" -m streammind pretrain-tower "$W" "$RUN/tower" --steps "$TOWER_STEPS" --batch_size 64
 
 step tiny_stage1_torchrun 90 env MASTER_PORT=29511 scripts/finetune_stage1.sh configs/tiny/stage1.yaml \
     "${DATA[@]}" --tokenizer_path "$W/tokenizer" --clip_path "$RUN/tower" --feature_cache_dir "$RUN/tiny_cache" \
@@ -139,7 +143,7 @@ big_stage1 big_stage1_cold 29513
 rm -rf "$BIG/big_stage1_cold"
 big_stage1 big_stage1_warm 29514
 
-step features_big 60 "$PYTHON" -m streammind.features "$W/train.jsonl" "$W/val.jsonl" "$W/test.jsonl" --data-root "$W" \
+step features_big 60 "$PYTHON" -m streammind features "$W/train.jsonl" "$W/val.jsonl" "$W/test.jsonl" --data-root "$W" \
     --model "$BIG/big_stage1_warm" --dtype bfloat16 --fps "$BENCH_FPS" --out "$RUN/bench_cache" --num-workers 4 \
     --batch-size 64 --no-progress --summary "$RUN/features_big.json"
 rm -rf "$BIG/big_stage1_warm"

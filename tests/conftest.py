@@ -1,17 +1,14 @@
-"""Shared fixtures: a tiny tokenizer and a tiny StreamMind model (CPU, seconds).
+"""Shared fixtures: a tiny tokenizer, a tiny StreamMind model, a small synthetic world and a
+pretrained tiny tower (CPU, seconds). Helpers that are not fixtures live in tests/helpers.py.
 
 Run: .venv/bin/python -m pytest tests -q
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-import torch
 
-REPO = Path(__file__).resolve().parents[1]
-MEDIA = REPO.parent / "shared" / "media"
+from tests.helpers import make_tiny
 
 
 @pytest.fixture(scope="session")
@@ -28,15 +25,6 @@ def tiny_tokenizer(tiny_tokenizer_dir):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
-
-
-def make_tiny(tokenizer, seed: int = 0, **overrides):
-    from streammind import StreamMindConfig, build_model
-
-    torch.manual_seed(seed)
-    config = StreamMindConfig.from_preset("tiny", **overrides)
-    model, processor = build_model(config, tokenizer)
-    return model.eval(), processor
 
 
 @pytest.fixture

@@ -29,19 +29,22 @@ import pytest
 import torch
 from transformers import AutoTokenizer, CLIPVisionModel, set_seed
 
-from streammind import StreamingSession, StreamMindConfig, build_model, convert, load_model, save_model
+from streammind import StreamingSession, StreamMindConfig, build_model, load_model, save_model
+from streammind.apps import convert
 from streammind.apps.cli import main as cli_main
 from streammind.evaluation.free_running import stream_record
-from streammind.evaluation.teacher_forced import score_teacher_forced_record, teacher_forced_record
+from streammind.evaluation.metrics import score_teacher_forced_record
+from streammind.evaluation.teacher_forced import teacher_forced_record
 from streammind.media.video import read_video
 from streammind.training.annotations import load_annotations
+from streammind.training.arguments import ModelArguments
 from streammind.training.collator import StreamCollator
-from streammind.training.datasets import FeatureCache, StreamDataset, vision_cache_key
-from streammind.training.features import clips_of, extract_features
-from streammind.training.train import ModelArguments, apply_lora, build, set_trainable
-from streammind.training.train import main as train_main
+from streammind.training.datasets import StreamDataset
+from streammind.training.features import FeatureCache, clips_of, extract_features, vision_cache_key
+from streammind.training.train import apply_lora, build, set_trainable
+from streammind.training.train import train as train_main
 from streammind.vision import VisionEncoder
-from tests.conftest import REPO, make_tiny
+from tests.helpers import REPO, make_tiny
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
@@ -134,7 +137,7 @@ def test_tiny_forward_on_the_gpu_equals_the_cpu_path(tiny_tokenizer, small_world
     model, processor = make_tiny(tiny_tokenizer)
     records = load_annotations(small_world / "train.jsonl")[:2]
     dataset = StreamDataset(records, small_world, processor, stage="both")
-    batch = StreamCollator(processor.pad_token_id)([dataset[0], dataset[1]])
+    batch = StreamCollator.from_processor(processor)([dataset[0], dataset[1]])
     with torch.no_grad():
         cpu = model(**batch)
         model.to(DEVICE)
@@ -203,7 +206,7 @@ def test_resume_after_a_kill(stage1, small_world, small_tower, tmp_path):
                       "--save_steps", "3", "--save_total_limit", "2", "--logging_steps", "1")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
     with open(tmp_path / "killed.log", "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "streammind.train", *args], env=env, stdout=log, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen([sys.executable, "-m", "streammind.training.train", *args], env=env, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         deadline = time.monotonic() + 180
         while not (out / "checkpoint-6" / "trainer_state.json").is_file():
@@ -283,7 +286,7 @@ def test_stream_command_on_a_real_clip_equals_the_cpu(stage2, small_world, tmp_p
 
 
 def test_convert_then_load_then_stream_on_the_gpu(tiny_tokenizer_dir, tmp_path):
-    from tests.test_convert import GATE_HEADS, make_original
+    from tests.source_checkpoints import GATE_HEADS, make_original
 
     src, _ = make_original(tmp_path, AutoTokenizer.from_pretrained(tiny_tokenizer_dir), "safetensors-sharded")
     dst = tmp_path / "converted"
@@ -362,7 +365,7 @@ def test_7b_lora_stage1_step_reads_the_features_the_7b_tower_cached(model_7b, sm
     warm = extract_features(model.vision, processor.frame_processor, cache, clips, 2.0, num_workers=2, progress=False)
     assert (cold.extracted, cold.frames, warm.extracted, warm.cached) == (2, clip_frames(clips), 0, 2)
 
-    collate = StreamCollator(processor.pad_token_id)
+    collate = StreamCollator.from_processor(processor)
     cached = StreamDataset(records, small_world, processor, stage=1, feature_cache=cache)
     live = StreamDataset(records, small_world, processor, stage=1)
     batch = {k: v.to(DEVICE) for k, v in collate([cached[0], cached[1]]).items()}

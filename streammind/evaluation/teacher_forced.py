@@ -164,7 +164,7 @@ def teacher_forced_record(
     dataset = StreamDataset([clip], data_root, processor, stage="both", fps=fps, on_error="raise")
     example = dataset.example(0)  # a record that cannot be built raises BadSample (counted by the runner)
     device = next(model.parameters()).device
-    batch = {k: v.to(device) for k, v in StreamCollator(processor.pad_token_id)([example]).items()}
+    batch = {k: v.to(device) for k, v in StreamCollator.from_processor(processor)([example]).items()}
     out = model(
         pixel_values=batch["pixel_values"],
         frame_mask=batch["frame_mask"],

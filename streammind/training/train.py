@@ -27,18 +27,20 @@ At the end, the median seconds per optimizer step and the peak CUDA memory are l
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import json
 import logging
 import re
 import statistics
+import sys
 import time
 from collections import Counter
 from pathlib import Path
 
 import torch
 import yaml
-from transformers import AutoTokenizer, CLIPVisionModel, Trainer, TrainerCallback, set_seed
+from transformers import AutoTokenizer, CLIPVisionModel, Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from ..builder import (
     CheckpointError,
@@ -63,6 +65,7 @@ from .features import FeatureCache, clips_of, extract_features, shard, vision_ca
 logger = logging.getLogger("streammind.train")
 
 TRAINER_STATE = "trainer_state.json"
+TRAINING_ARGUMENT_NAMES = frozenset(f.name for f in dataclasses.fields(TrainingArguments))
 
 
 def set_trainable(model: torch.nn.Module, patterns: list[str]) -> str:
@@ -279,8 +282,22 @@ class StepTimes(TrainerCallback):
 
 def main(argv: list[str] | None = None) -> int:
     """`streammind train <stage.yaml> [--key value ...]`: train one stage; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] in (["-h"], ["--help"]):
+        print(usage())
+        return 0
     train(argv)
     return 0
+
+
+def usage() -> str:
+    """`streammind train --help`: the command, this module's docstring and the StreamMind settings."""
+    lines = ["usage: streammind train <stage.yaml> [--key value ...]", "", __doc__.strip(), "",
+             "Settings (YAML keys or --key value; every transformers TrainingArguments field is accepted too):"]
+    for cls in (ModelArguments, DataArguments, StreamMindTrainingArguments):
+        own = [f for f in dataclasses.fields(cls) if cls is not StreamMindTrainingArguments or f.name not in TRAINING_ARGUMENT_NAMES]
+        lines += [f"  {f.name:<24} {f.metadata.get('help', '')}" for f in own]
+    return "\n".join(lines)
 
 
 def train(argv: list[str] | None = None) -> str:

@@ -2,8 +2,8 @@
 
 Run: .venv/bin/python -m pytest tests/adversarial/test_training_inputs.py -q
 
-`streammind train` runs in-process through `streammind.cli.main` (exit status returned).
-Settings must fail before any model is built: `streammind.train.build` is replaced by a
+`streammind train` runs in-process through `streammind.apps.cli.main` (exit status returned).
+Settings must fail before any model is built: `streammind.training.train.build` is replaced by a
 function that fails the test if it is reached.
 """
 
@@ -14,14 +14,14 @@ import logging
 import shutil
 
 import pytest
-import streammind.train as train
 import yaml
 
+import streammind.training.train as train
 from streammind.apps.cli import main
-from streammind.training.datasets import BadSample, StreamDataset
-from tests.adversarial.conftest import one_error_line, tree_checksums
-from tests.conftest import REPO
-from tests.test_train import _stage_args
+from streammind.errors import BadSample
+from streammind.training.datasets import StreamDataset
+from tests.helpers import REPO, one_error_line, tree_checksums
+from tests.helpers import stage_args as _stage_args
 
 PROG = "streammind train"
 STAGE1 = REPO / "configs" / "tiny" / "stage1.yaml"

@@ -1,14 +1,14 @@
 """`streammind bench`: the whole engine benchmark runs end to end (tiny preset, CPU, --quick) and
 reports every section; the long-stream `step` command reports its windows and memory.
 
-Run: .venv/bin/python -m pytest tests/test_bench.py -q
+Run: .venv/bin/python -m pytest tests/apps/test_bench.py -q
 """
 
 from __future__ import annotations
 
 import json
 
-from streammind import bench
+from streammind.apps import bench
 
 
 def test_bench_all_quick_reports_every_section(tmp_path):

@@ -1,6 +1,6 @@
 """The `streammind` CLI and the streaming runtime (sources, pacing, queries, stats, bad sources).
 
-Run: .venv/bin/python -m pytest tests/test_cli.py -q
+Run: .venv/bin/python -m pytest tests/apps/test_cli.py -q
 
 The CLI runs in-process (`main([...])`) on CPU against a tiny model saved to a temporary
 directory, over the real sample clips (skipped when shared/media is absent), an image
@@ -23,18 +23,10 @@ import pytest
 
 from streammind import StreamingSession, save_model
 from streammind.apps.cli import main
-from streammind.apps.runtime import (
-    FrameSource,
-    ImageFolderFrames,
-    LatencyStats,
-    Pacer,
-    StdinQueries,
-    StreamRunner,
-    format_time,
-    source_kind,
-)
+from streammind.apps.runtime import LatencyStats, Pacer, StdinQueries, StreamRunner, format_time
+from streammind.media.sources import FrameSource, ImageFolderFrames, source_kind
 from streammind.media.video import VideoDecodeError, probe_video, sample_grid
-from tests.conftest import MEDIA, make_tiny
+from tests.helpers import CLIP, make_tiny
 
 QUERY = "Tell me when a shape appears."
 
@@ -49,11 +41,8 @@ def model_dir(tmp_path_factory, tiny_tokenizer_dir):
     return out
 
 
-def _clip(name: str) -> Path:
-    path = MEDIA / name
-    if not path.is_file():
-        pytest.skip(f"sample clip {path} not found")
-    return path
+def _clip() -> Path:
+    return CLIP
 
 
 def _encode(path: Path, n: int = 40, fps: int = 8, faststart: bool = False) -> Path:
@@ -103,10 +92,9 @@ def _list_source(n: int, fps: float = 2.0, fail_after: int | None = None, kind: 
 # ------------------------------------------------------------------------ real clips
 
 
-@pytest.mark.parametrize("name, duration", [("sample_demo_9.mp4", 9.134125), ("sample_demo_3.mp4", 6.0894167)])
-def test_stream_real_clip_grid_and_outputs(model_dir, tmp_path, capsys, name, duration):
+def test_stream_real_clip_grid_and_outputs(model_dir, tmp_path, capsys):
     """Threshold 0: every sampled frame replies, so --output lists exactly the sampled times."""
-    clip = _clip(name)
+    clip, duration = _clip(), 6.0894167
     assert probe_video(clip).duration_s == pytest.approx(duration, abs=1e-6)
     out, stats_path = tmp_path / "replies.jsonl", tmp_path / "stats.json"
     rc = main(_stream(model_dir, clip, "--fps", 2, "--threshold", 0, "--max-new-tokens", 2, "--output", out, "--stats", stats_path))
@@ -127,7 +115,7 @@ def test_stream_real_clip_grid_and_outputs(model_dir, tmp_path, capsys, name, du
 
 
 def test_stream_silent_run_measures_the_always_on_path(model_dir, tmp_path, capsys):
-    clip = _clip("sample_demo_3.mp4")
+    clip = _clip()
     out, stats_path = tmp_path / "replies.jsonl", tmp_path / "stats.json"
     assert main(_stream(model_dir, clip, "--threshold", 1, "--output", out, "--stats", stats_path)) == 0
     stats = json.loads(stats_path.read_text())
@@ -272,13 +260,13 @@ def test_stdin_queries_reads_lines_in_a_thread():
 
 
 def test_cli_interactive_query_from_stdin(model_dir, tmp_path, capsys, monkeypatch):
-    clip = _clip("sample_demo_9.mp4")
+    clip = _clip()
     monkeypatch.setattr(sys, "stdin", io.StringIO("Tell me when it turns red.\n"))
     stats_path = tmp_path / "stats.json"
     assert main(_stream(model_dir, clip, "--threshold", 1, "--interactive", "--stats", stats_path)) == 0
     stats = json.loads(stats_path.read_text())
     assert [q["text"] for q in stats["queries"]] == ["Tell me when it turns red."]
-    assert 0.0 <= stats["queries"][0]["time"] < 9.2
+    assert 0.0 <= stats["queries"][0]["time"] < 6.1
     assert f"[{format_time(stats['queries'][0]['time'])}] (query joined) Tell me when it turns red." in capsys.readouterr().out
 
 
@@ -288,7 +276,7 @@ def test_stdin_is_not_read_without_a_terminal(model_dir, tmp_path, monkeypatch):
             raise AssertionError("stdin was read without --interactive")
 
     monkeypatch.setattr(sys, "stdin", Untouchable())
-    clip = _clip("sample_demo_3.mp4")
+    clip = _clip()
     assert main(_stream(model_dir, clip, "--threshold", 1)) == 0
 
 
@@ -400,19 +388,19 @@ def test_latency_stats_percentiles_in_bounded_memory():
 
 def test_subcommands_dispatch_their_arguments(monkeypatch):
     calls = []
-    fake = types.ModuleType("streammind.convert")
+    fake = types.ModuleType("streammind.apps.convert")
     fake.main = lambda argv: calls.append(("convert", argv))
-    monkeypatch.setitem(sys.modules, "streammind.convert", fake)
-    import streammind.bench
+    monkeypatch.setitem(sys.modules, "streammind.apps.convert", fake)
+    import streammind.apps.bench
 
-    monkeypatch.setattr(streammind.bench, "main", lambda argv: calls.append(("bench", argv)) or {"a": 1})
+    monkeypatch.setattr(streammind.apps.bench, "main", lambda argv: calls.append(("bench", argv)) or {"a": 1})
     assert main(["convert", "in.json", "--out", "x"]) == 0
     assert main(["bench", "step", "--frames", "3"]) == 0
     assert calls == [("convert", ["in.json", "--out", "x"]), ("bench", ["step", "--frames", "3"])]
 
 
 def test_missing_subcommand_module_is_one_line(monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "streammind.convert", None)
+    monkeypatch.setitem(sys.modules, "streammind.apps.convert", None)
     assert main(["convert", "--help"]) == 1
     assert "not available" in capsys.readouterr().err
 

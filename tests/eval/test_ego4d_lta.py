@@ -7,6 +7,7 @@ Run: .venv/bin/python -m pytest tests/eval/test_ego4d_lta.py -q
 import json
 
 import pytest
+
 from streammind_eval.ego4d_lta import (
     NUM_FUTURE,
     Ego4DLTATask,
@@ -18,8 +19,8 @@ from streammind_eval.ego4d_lta import (
     parse_actions,
     taxonomy_name,
 )
-
-from tests.eval.offline_support import FIXTURES, data_root, save_tiny_model, world_video
+from tests.helpers import OFFLINE_FIXTURES as FIXTURES
+from tests.helpers import data_root, save_tiny_model, world_video
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,6 @@
 """Hand-computed cases for the pure scoring functions in `eval/metrics.py`.
 
-Run: .venv/bin/python -m pytest tests/eval/test_metrics.py -q
+Run: .venv/bin/python -m pytest tests/evaluation/test_metrics.py -q
 """
 
 import itertools
@@ -11,7 +11,7 @@ import shutil
 
 import pytest
 
-from eval import metrics
+from streammind.evaluation import metrics
 from streammind.evaluation.metrics import (
     TeacherForcedTurn,
     TimedText,
@@ -26,10 +26,12 @@ from streammind.evaluation.metrics import (
     match_events,
     normalize_whitespace,
     score_stream_video,
+    score_teacher_forced_record,
     score_teacher_forced_turn,
     score_teacher_forced_video,
     tokenize_caption,
 )
+from streammind.training.annotations import StreamAnnotation
 
 # ---------------------------------------------------------------------------------------
 # One-to-one matching
@@ -361,20 +363,29 @@ def test_video_without_scorable_turns_gets_reference_defaults():
     assert frames_only["defaulted"] == ["lm_ppl", "fluency", "lm_correctness"]
 
 
+def _record(turns: list[dict]) -> dict:
+    """A saved teacher-forced prediction record with these turns (fps 2, threshold 0.5)."""
+    defaults = {"decisions": [], "following_decisions": [], "token_logprobs": [], "token_correct": []}
+    return {"fps": 2.0, "threshold": 0.5, "turns": [{**defaults, **turn} for turn in turns]}
+
+
 def test_aggregate_teacher_forced_is_a_mean_over_videos():
-    first = score_teacher_forced_video(
-        [TeacherForcedTurn(decisions=[T, F], token_logprobs=[math.log(0.5)], token_correct=[F])],
-        fps=2.0,
-    )
-    second = score_teacher_forced_video([], fps=2.0)
-    aggregated = aggregate_teacher_forced([first, second])
+    reference = StreamAnnotation(video="v.mp4", query="q", turns=[])
+    first = score_teacher_forced_record(
+        prediction=_record([{"decisions": [T, F], "token_logprobs": [math.log(0.5)], "token_correct": [F]}]), reference=reference)
+    second = score_teacher_forced_record(prediction=_record([]), reference=reference)
+    assert first["timing"] == {"early": 1, "on_time": 0, "late": 0} and first["frame_diffs"] == [1]
+    result = aggregate_teacher_forced([first, second])
+    assert result["protocol"] == "teacher_forced" and result["settings"] == {"fps": 2.0, "threshold": 0.5}
+    assert result["extra"]["turns_early"] == 1 and result["extra"]["token_accuracy"] == 0.0
+    aggregated = result["aggregate"]
     assert aggregated["num_videos"] == 2
     assert aggregated["lm_ppl"] == pytest.approx((2.0 + 1.0) / 2)
     assert aggregated["time_diff"] == pytest.approx((0.5 + 0.0) / 2)
     assert aggregated["fluency"] == pytest.approx((1 / 3 + 1.0) / 2)  # early: (2 - 1) / 3
     assert aggregated["lm_correctness"] == pytest.approx((0.0 + 1.0) / 2)
     assert aggregated["num_videos_defaulted"]["lm_ppl"] == 1
-    assert aggregate_teacher_forced([])["lm_ppl"] is None
+    assert aggregate_teacher_forced([])["aggregate"]["lm_ppl"] is None
 
 
 def test_turn_rejects_mismatched_token_lists():

@@ -1,7 +1,7 @@
 """The shared offline answering path: frame sampling, prompt, greedy and beam decoding, text
 matching, and re-scoring saved predictions.
 
-Run: .venv/bin/python -m pytest tests/eval/test_offline.py -q
+Run: .venv/bin/python -m pytest tests/evaluation/test_offline.py -q
 """
 
 import itertools
@@ -12,18 +12,11 @@ import pytest
 import torch
 
 from streammind.engine import Engine, beam_search
-from streammind.evaluation.offline import (
-    NearestMatcher,
-    answer,
-    answer_beams,
-    encode_prompt,
-    find_video,
-    levenshtein,
-    load_frames,
-    uniform_times,
-)
-from streammind.evaluation.tasks import EvalFailure
-from tests.eval.offline_support import world_video
+from streammind.errors import BadSample
+from streammind.evaluation.answering import answer, answer_beams, encode_prompt
+from streammind.evaluation.clip_sampling import find_video, load_frames, uniform_times
+from streammind.evaluation.text_matching import NearestMatcher, levenshtein
+from tests.helpers import world_video
 
 # ---- frames ----------------------------------------------------------------------------
 
@@ -52,15 +45,15 @@ def test_load_frames_uniform_grid_and_window(small_world):
 
 
 def test_load_frames_failures_are_counted_reasons(small_world, tmp_path):
-    with pytest.raises(EvalFailure) as error:
+    with pytest.raises(BadSample) as error:
         load_frames(tmp_path / "nope.mp4")
     assert error.value.reason == "missing_video"
-    with pytest.raises(EvalFailure) as error:
+    with pytest.raises(BadSample) as error:
         load_frames(world_video(small_world, 0), start=30.0, end=40.0)
     assert error.value.reason == "empty_video"
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"not a video at all")
-    with pytest.raises(EvalFailure) as error:
+    with pytest.raises(BadSample) as error:
         load_frames(broken)
     assert error.value.reason == "undecodable_video"
 

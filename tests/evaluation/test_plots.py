@@ -1,6 +1,6 @@
 """The timeline plot in `eval/plots.py` writes a real PNG and leaves global state alone.
 
-Run: .venv/bin/python -m pytest tests/eval/test_plots.py -q
+Run: .venv/bin/python -m pytest tests/evaluation/test_plots.py -q
 """
 
 import subprocess
@@ -42,6 +42,6 @@ def test_plot_timeline_rejects_mismatched_lengths(tmp_path):
 
 
 def test_importing_plots_does_not_import_matplotlib():
-    code = "import sys, eval.plots; assert 'matplotlib' not in sys.modules"
+    code = "import sys, streammind.evaluation.plots; assert 'matplotlib' not in sys.modules"
     repo_root = Path(__file__).resolve().parents[2]
     subprocess.run([sys.executable, "-c", code], check=True, cwd=repo_root)

@@ -1,13 +1,14 @@
-"""The re-scoring entry point `python -m eval.score` on a tiny fixture.
+"""Re-scoring free-running predictions (`streammind score`) on a tiny fixture.
 
-Run: .venv/bin/python -m pytest tests/eval/test_score.py -q
+Run: .venv/bin/python -m pytest tests/evaluation/test_score.py -q
 """
 
 import json
 
 import pytest
 
-from streammind.evaluation.score import load_jsonl, main, score_predictions, write_markdown_table
+from streammind.evaluation.score import load_predictions, main, score_predictions
+from streammind.evaluation.tasks import RecordError, write_markdown_table
 
 REFERENCES = [
     {
@@ -136,11 +137,11 @@ def test_duplicate_reference_keys_raise():
         score_predictions(predictions=[], references=duplicated, use_meteor=False)
 
 
-def test_load_jsonl_names_the_bad_line(tmp_path):
+def test_a_bad_line_is_named(tmp_path):
     path = tmp_path / "bad.jsonl"
-    path.write_text('{"a": 1}\n\n{oops\n', encoding="utf-8")
-    with pytest.raises(ValueError, match="bad.jsonl:3"):
-        load_jsonl(path)
+    path.write_text('{"id": "a", "replies": []}\n\n{oops\n', encoding="utf-8")
+    with pytest.raises(RecordError, match="bad.jsonl:3: invalid JSON"):
+        load_predictions(path)
 
 
 def test_write_markdown_table_generic(tmp_path):

@@ -2,7 +2,7 @@
 the two-pass gate trick against one pass per turn, and the language scores against the
 model's own loss.
 
-Run: .venv/bin/python -m pytest tests/eval/test_teacher_forced.py -q
+Run: .venv/bin/python -m pytest tests/evaluation/test_teacher_forced.py -q
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from streammind.evaluation.teacher_forced import (
 from streammind.training.annotations import StreamAnnotation, Turn, load_annotations
 from streammind.training.collator import StreamCollator
 from streammind.training.datasets import StreamDataset
-from tests.conftest import make_tiny
+from tests.helpers import make_tiny
 
 QUERY = "Tell me when a shape appears."
 # At 2 fps these turn times end turns at frames 3, 7, 13 and 15: |V| = 3, 4, 6, 2.
@@ -101,7 +101,7 @@ def test_two_gate_passes_equal_one_pass_per_turn(small_world, tiny_tokenizer):
     record = record_on(small_world)
     prediction = teacher_forced_record(model, processor, record, small_world, threshold=0.5)
     example = StreamDataset([through_last_turn(record, 2.0)], small_world, processor, stage="both")[0]
-    batch = StreamCollator(processor.pad_token_id)([example])
+    batch = StreamCollator.from_processor(processor)([example])
     ends = example["turn_ends"]
     with torch.no_grad():
         tokens = model.get_perception_tokens(pixel_values=batch["pixel_values"])
@@ -122,7 +122,7 @@ def test_reply_scores_match_the_model_loss(small_world, tiny):
     model, processor = tiny
     record = record_on(small_world)
     example = StreamDataset([through_last_turn(record, 2.0)], small_world, processor, stage=1)[0]
-    batch = StreamCollator(processor.pad_token_id)([example])
+    batch = StreamCollator.from_processor(processor)([example])
     with torch.no_grad():
         out = model(**batch)
     replies = reply_token_scores(out.logits[0], batch["labels"][0])

@@ -1,7 +1,7 @@
 """The inference engine: batches of streams, chunks of frames, the LLM context shared by streams,
 and (on a GPU) CUDA graphs and device-side preprocessing, each against the plain path.
 
-Run: .venv/bin/python -m pytest tests/test_engine.py -q        (GPU parts: -m gpu on a CUDA machine)
+Run: .venv/bin/python -m pytest tests/inference/test_engine.py -q        (GPU parts: -m gpu on a CUDA machine)
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 from streammind import StreamingSession
 from streammind.engine import Engine
 from streammind.streaming import push_clip_chunks
-from tests.conftest import make_tiny
+from tests.helpers import make_tiny
 
 QUERIES = ["Tell me when a shape appears.", "Say when something turns red.", "Narrate the moves."]
 

@@ -1,6 +1,6 @@
 """StreamingSession: streaming equals the parallel forward; reset clears everything; replies.
 
-Run: .venv/bin/python -m pytest tests/test_streaming.py -q
+Run: .venv/bin/python -m pytest tests/inference/test_streaming.py -q
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from streammind import StreamingSession
-from tests.conftest import make_tiny
+from tests.helpers import make_tiny
 
 QUERY = "Tell me when a shape appears."
 

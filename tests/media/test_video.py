@@ -1,6 +1,6 @@
 """Tests for streammind.datasets.video: timestamp sampling, backend parity, errors.
 
-Run: .venv/bin/python -m pytest tests/datasets/test_video.py -q
+Run: .venv/bin/python -m pytest tests/media/test_video.py -q
 
 Uses the real sample clips in shared/media (skipped when absent) and small H.264 clips
 encoded here with PyAV, whose frame timestamps and contents are known exactly.
@@ -18,11 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from streammind.media import video
 from streammind.media.video import VideoDecodeError, iter_frames, probe_video, read_video, sample_grid
-from streammind.training import video
-
-REPO = Path(__file__).resolve().parents[2]
-MEDIA = REPO.parent / "shared" / "media"
+from tests.helpers import ASSETS, CLIP, CLIP_FRAMES, CLIP_HEIGHT, CLIP_WIDTH
 
 HAS_DECORD = video.decord is not None
 HAS_AV = video.av is not None
@@ -33,15 +31,12 @@ BACKENDS = [
 both_backends = pytest.mark.skipif(not (HAS_DECORD and HAS_AV), reason="needs decord and PyAV")
 needs_av = pytest.mark.skipif(not HAS_AV, reason="PyAV is needed to encode test clips")
 
-# name -> (frames, width, height); both are H.264 at 24000/1001 fps with a 1/24000 time base.
-REAL_CLIPS = {"sample_demo_9.mp4": (219, 596, 336), "sample_demo_3.mp4": (146, 640, 360)}
+# name -> (frames, width, height): our committed clip, H.264 at 24000/1001 fps with a 1/24000 time base.
+REAL_CLIPS = {CLIP.name: (CLIP_FRAMES, CLIP_WIDTH, CLIP_HEIGHT)}
 
 
 def _real_clip(name: str) -> Path:
-    path = MEDIA / name
-    if not path.is_file():
-        pytest.skip(f"sample clip {path} not found (shared/media is not checked out beside the repo)")
-    return path
+    return ASSETS / name
 
 
 def _gray_level(i: int) -> int:
@@ -134,15 +129,14 @@ def test_real_clip_backends_agree(name):
     np.testing.assert_array_equal(a.times, b.times)
     np.testing.assert_array_equal(a.frame_pts, b.frame_pts)
     assert a.info.duration_s == b.info.duration_s and a.info.num_frames == b.info.num_frames
-    # Both convert YUV->RGB with swscale at the stream's colorspace (BT.601 here for demo_9,
-    # BT.709 for demo_3); measured difference: 0 on every pixel.
+    # Both convert YUV->RGB with swscale at the stream's colorspace; measured difference: 0 on every pixel.
     diff = np.abs(a.frames.astype(np.int16) - b.frames.astype(np.int16))
     assert diff.max() <= 2 and diff.mean() < 0.05
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_iter_frames_equals_read_video(backend):
-    path = _real_clip("sample_demo_3.mp4")
+    path = _real_clip(CLIP.name)
     clip = read_video(path, fps=2.0, backend=backend)
     it = iter_frames(path, fps=2.0, backend=backend)
     times, pts = [], []
@@ -157,7 +151,7 @@ def test_iter_frames_equals_read_video(backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_window_and_max_frames(backend):
-    path = _real_clip("sample_demo_9.mp4")
+    path = _real_clip(CLIP.name)
     clip = read_video(path, fps=2.0, start=2.2, end=4.0, backend=backend)
     np.testing.assert_array_equal(clip.times, [2.2, 2.7, 3.2, 3.7])
     last_k = [int(t * 24000 / 1001) for t in clip.times]
@@ -387,10 +381,10 @@ def test_missing_backends_raise_import_error_naming_both(monkeypatch, tmp_path):
 def test_module_imports_without_backends(monkeypatch):
     monkeypatch.setitem(sys.modules, "decord", None)  # None in sys.modules makes `import` raise ImportError
     monkeypatch.setitem(sys.modules, "av", None)
-    spec = importlib.util.spec_from_file_location("video_without_backends", video.__file__)
+    spec = importlib.util.spec_from_file_location("streammind.media.video_without_backends", video.__file__)
     module = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up here
     spec.loader.exec_module(module)
     assert module.decord is None and module.av is None
     with pytest.raises(ImportError, match="neither is installed"):
-        module.probe_video(REPO / "missing.mp4")
+        module.probe_video(ASSETS / "missing.mp4")

@@ -1,9 +1,12 @@
 """StreamMindConfig: presets, validation errors, derived sizes, JSON round trip.
 
-Run: .venv/bin/python -m pytest tests/test_configuration.py -q
+Run: .venv/bin/python -m pytest tests/model/test_configuration.py -q
 """
 
 from __future__ import annotations
+
+import json
+import logging
 
 import pytest
 
@@ -43,3 +46,18 @@ def test_config_round_trip(tmp_path):
     assert (again.gate_mode, again.sampling, again.sampling_ratio) == ("per_frame", "uniform", 0.25)
     assert again.gate_config.num_hidden_layers == config.gate_config.num_hidden_layers
     assert again.text_config.hidden_size == config.text_config.hidden_size
+
+
+def test_old_config_with_training_settings_loads_with_a_note(tmp_path, caplog):
+    """config.json of a checkpoint from before the gate loss became a training setting."""
+    StreamMindConfig.from_preset("tiny").save_pretrained(tmp_path)
+    raw = json.loads((tmp_path / "config.json").read_text())
+    raw.update(gate_loss="focal", gate_class_weights=[0.3, 0.7], gate_focal_gamma=1.5)
+    (tmp_path / "config.json").write_text(json.dumps(raw))
+    with caplog.at_level(logging.WARNING, logger="streammind.configuration"):
+        config = StreamMindConfig.from_pretrained(tmp_path)
+    notes = [r.getMessage() for r in caplog.records if "ignoring" in r.getMessage()]
+    assert len(notes) == 1 and "gate_class_weights, gate_focal_gamma, gate_loss" in notes[0]
+    assert not hasattr(config, "gate_loss") and "gate_loss" not in config.to_dict()
+    with pytest.raises(ValueError, match="gate_loss is a training setting"):
+        StreamMindConfig.from_preset("tiny", gate_loss="focal")

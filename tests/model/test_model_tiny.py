@@ -1,6 +1,6 @@
 """The tiny model end to end: batched forward + backward, insertion checks, LLM parity, gate.
 
-Run: .venv/bin/python -m pytest tests/test_model_tiny.py -q
+Run: .venv/bin/python -m pytest tests/model/test_model_tiny.py -q
 """
 
 from __future__ import annotations
@@ -8,39 +8,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from streammind.processing import ChatTurn
+from streammind.gate import GateLossConfig, gate_loss
 from streammind.training.collator import StreamCollator
-from tests.conftest import make_tiny
-
-
-def make_example(processor, num_frames: int, replies: list[tuple[int, str]], query="Tell me when a shape appears.", seed=0):
-    """A video of `num_frames` random frames whose turns end at the given frame indices."""
-    g = torch.Generator().manual_seed(seed)
-    size = processor.config.vision_config.image_size
-    turns, ends, start = [], [], 0
-    for i, (end, text) in enumerate(replies):
-        turns.append(ChatTurn(processor.placeholders_for(end - start), user=query if i == 0 else None, reply=text))
-        ends.append(end)
-        start = end
-    ids, labels = processor.encode_conversation(turns)
-    gate = [0] * num_frames
-    for end, _ in replies:
-        gate[end - 1] = 1
-    return dict(
-        pixel_values=torch.randn(num_frames, 3, size, size, generator=g),
-        input_ids=ids,
-        labels=labels,
-        turn_ends=ends,
-        gate_labels=gate,
-        gate_prompt_ids=processor.encode_gate_prompt(query),
-    )
-
-
-def batch_of_two(processor):
-    collate = StreamCollator(processor.pad_token_id)
-    a = make_example(processor, 9, [(4, "A red circle appeared."), (9, "The blue square disappeared.")], seed=1)
-    b = make_example(processor, 5, [(3, "The square turned green.")], query="Tell me when something changes colour.", seed=2)
-    return collate([a, b]), (a, b)
+from tests.helpers import batch_of_two, make_tiny
 
 
 def test_forward_backward_batch_of_two_videos_of_different_lengths(tiny):
@@ -63,7 +33,7 @@ def test_padding_does_not_change_a_video_s_losses(tiny):
     """A video's gate logits are the same alone and next to a longer one (real batching)."""
     model, processor = tiny
     batch, (a, b) = batch_of_two(processor)
-    collate = StreamCollator(processor.pad_token_id)
+    collate = StreamCollator.from_processor(processor)
     with torch.no_grad():
         both = model(**batch).gate_logits
         alone = model(**collate([b])).gate_logits
@@ -127,10 +97,12 @@ def test_vision_runs_only_the_layers_it_needs(tiny_tokenizer, pooling):
 
 
 def test_focal_loss_and_per_frame_gate(tiny_tokenizer):
-    model, processor = make_tiny(tiny_tokenizer, gate_loss="focal", gate_mode="per_frame")
+    model, processor = make_tiny(tiny_tokenizer, gate_mode="per_frame")
     batch, _ = batch_of_two(processor)
-    out = model(**batch)
+    out = model(**batch, gate_loss_config=GateLossConfig(kind="focal"))
     assert torch.isfinite(out.gate_loss)
+    assert torch.allclose(out.gate_loss, gate_loss(out.gate_logits, batch["gate_labels"], GateLossConfig(kind="focal")))
+    assert not torch.allclose(out.gate_loss, model(**batch).gate_loss)  # the default is the weighted cross-entropy
     # Per-frame mode: a frame's logit depends only on its own token.
     tokens = out.perception_tokens.detach()
     with torch.no_grad():
@@ -151,3 +123,11 @@ def test_gate_init_from_llm_copies_layers_and_checks_width(tiny_tokenizer):
                                                        "vocab_size": 600, "sliding_window": None})
     with pytest.raises(ValueError, match="layers"):
         init_gate_from_llm(narrow)
+
+
+def test_gate_labels_need_the_collator_s_layout(tiny):
+    model, processor = tiny
+    batch, _ = batch_of_two(processor)
+    del batch["gate_segment_sample"], batch["gate_segment_frames"]
+    with pytest.raises(ValueError, match="StreamCollator"):
+        model(**batch)

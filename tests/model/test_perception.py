@@ -1,6 +1,6 @@
 """Tests for the EPFE (`streammind.perception`): streaming equals parallel, state handling, layout.
 
-Run: .venv/bin/python -m pytest tests/test_perception.py -q
+Run: .venv/bin/python -m pytest tests/model/test_perception.py -q
 
 The key invariant (STYLE §4.5): feeding a clip frame by frame through `step` gives the same
 perception tokens as the parallel `forward`, and a clip can be split anywhere between the two

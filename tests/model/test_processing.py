@@ -1,6 +1,6 @@
 """Prompt rendering, <video> expansion, label masking and frame preprocessing.
 
-Run: .venv/bin/python -m pytest tests/test_processing.py -q
+Run: .venv/bin/python -m pytest tests/model/test_processing.py -q
 """
 
 from __future__ import annotations

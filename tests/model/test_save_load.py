@@ -1,6 +1,6 @@
 """Save / load round trips (bit-exact) and building from CLIP + LLM directories.
 
-Run: .venv/bin/python -m pytest tests/test_save_load.py -q
+Run: .venv/bin/python -m pytest tests/model/test_save_load.py -q
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from transformers import AutoTokenizer, CLIPVisionConfig, CLIPVisionModel, Mistr
 
 from streammind import StreamMindConfig, StreamMindForCausalLM, build_from_parts, load_model, save_model
 from streammind.builder import CheckpointError
-from tests.test_model_tiny import batch_of_two
+from tests.helpers import batch_of_two
 
 
 def test_round_trip_is_bit_exact(tiny, tmp_path):

@@ -1,6 +1,6 @@
 """CLIP-style pretraining of the tiny tower on the synthetic world (`streammind.tower_pretrain`).
 
-Run: .venv/bin/python -m pytest tests/test_tower_pretrain.py -q
+Run: .venv/bin/python -m pytest tests/synthetic/test_tower_pretrain.py -q
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from streammind.builder import build_model
 from streammind.configuration import StreamMindConfig
 from streammind.synthetic.tower_pretrain import SceneTextEncoder, _attribute_accuracy, load_scene_frames, pretrain_tower, scene_words
 from streammind.synthetic.world import WorldObject, all_scenes, render_frame
-from streammind.training.train import ModelArguments, build
+from streammind.training.arguments import ModelArguments
+from streammind.training.train import build
 
 pytest.importorskip("av")
 

@@ -1,6 +1,6 @@
 """Tests for the embedded synthetic world and its tokenizer (`streammind.world`, SPEC §9).
 
-Run: .venv/bin/python -m pytest tests/test_world.py -q
+Run: .venv/bin/python -m pytest tests/synthetic/test_world.py -q
 
 The checks on videos decode the real mp4 files with PyAV and read pixels independently
 of the renderer where they can (colour at a slot's centre), so a renderer or encoder bug
@@ -298,7 +298,8 @@ def test_tokenizer_round_trip_and_reload(tmp_path):
 
 
 def test_cli_main(tmp_path, capsys):
-    summary = main([str(tmp_path), "--seed", "3", "--num_train", "1", "--num_val", "1", "--num_test", "1"])
-    assert summary["config"]["seed"] == 3 and summary["generated"] is True
+    assert main([str(tmp_path), "--seed", "3", "--num_train", "1", "--num_val", "1", "--num_test", "1"]) == 0
+    summary = json.loads((tmp_path / "world.json").read_text())
+    assert summary["config"]["seed"] == 3
     assert (tmp_path / "tokenizer" / "tokenizer.json").is_file()
     assert "84 replies" in capsys.readouterr().out

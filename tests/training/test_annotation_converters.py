@@ -1,6 +1,6 @@
 """Tests for streammind.datasets.converters on fixtures that follow the upstream schemas.
 
-Run: .venv/bin/python -m pytest tests/datasets/test_converters.py -q
+Run: .venv/bin/python -m pytest tests/training/test_annotation_converters.py -q
 
 Expected outputs below are worked out by hand from the fixture files.
 """

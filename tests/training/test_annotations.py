@@ -1,6 +1,6 @@
 """Tests for streammind.datasets.annotations: schema, validation errors, round trips.
 
-Run: .venv/bin/python -m pytest tests/datasets/test_annotations.py -q
+Run: .venv/bin/python -m pytest tests/training/test_annotations.py -q
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """StreamDataset: turn ends, gate labels, dialogue rendering, bad input (raise or counted skip), caches.
 
-Run: .venv/bin/python -m pytest tests/test_stream_dataset.py -q
+Run: .venv/bin/python -m pytest tests/training/test_datasets.py -q
 """
 
 from __future__ import annotations
@@ -11,10 +11,12 @@ import numpy as np
 import pytest
 import torch
 
+from streammind.errors import BadSample
 from streammind.training.annotations import load_annotations
 from streammind.training.collator import StreamCollator
-from streammind.training.datasets import BadSample, FeatureCache, MissingFeatures, StreamDataset, turn_end_frames, vision_cache_key
-from tests.conftest import make_tiny
+from streammind.training.datasets import MissingFeatures, StreamDataset, turn_end_frames
+from streammind.training.features import FeatureCache, vision_cache_key
+from tests.helpers import make_tiny
 
 
 def test_turn_end_frames_rule():
@@ -45,7 +47,7 @@ def test_examples_follow_the_annotations(small_world, tiny_tokenizer):
     assert rec.query in text and all(t.text in text for t in rec.turns)
     # Stage 1 drops frames after the last reply; stage 2 keeps them all.
     assert StreamDataset(records, small_world, processor, stage=1)[0]["pixel_values"].shape[0] == expected_ends[-1]
-    batch = StreamCollator(processor.pad_token_id)([both[0], both[1]])
+    batch = StreamCollator.from_processor(processor)([both[0], both[1]])
     out = model(**batch)
     assert torch.isfinite(out.loss)
 
@@ -90,7 +92,7 @@ def test_feature_cache_round_trip_and_key(small_world, tiny_tokenizer, tmp_path,
     assert cache.contains(video, 2.0, None, None) and not cache.contains(video, 4.0, None, None)
     assert len(list(tmp_path.rglob("*.pt"))) == 1 and not list(tmp_path.rglob("*.tmp"))
     # A cache hit never decodes the video: frame times come from the cache too.
-    import streammind.datasets.stream as stream_module
+    import streammind.training.datasets as stream_module
 
     def no_decoding(*args, **kwargs):
         raise AssertionError("a cached clip was decoded")

@@ -1,13 +1,12 @@
 """The extraction pass (streammind.features) and the rule it exists for: data workers never touch the model.
 
-Run: .venv/bin/python -m pytest tests/test_features.py -q
+Run: .venv/bin/python -m pytest tests/training/test_features.py -q
 """
 
 from __future__ import annotations
 
 import os
 import pickle
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,10 +17,10 @@ from streammind.apps.cli import main as cli_main
 from streammind.media.video import read_video
 from streammind.training.annotations import load_annotations
 from streammind.training.collator import StreamCollator
-from streammind.training.datasets import FeatureCache, StreamDataset, vision_cache_key
-from streammind.training.features import Clip, clips_of, extract_features, load_vision, shard
+from streammind.training.datasets import StreamDataset
+from streammind.training.features import Clip, FeatureCache, clips_of, extract_features, load_vision, shard, vision_cache_key
 from streammind.vision import VisionEncoder
-from tests.conftest import make_tiny
+from tests.helpers import REPO, make_tiny
 
 FPS = 2.0
 
@@ -145,8 +144,8 @@ def test_cli_reads_only_the_tower_of_a_saved_model_and_shards(small_world, tiny_
     assert len(list((tmp_path / "cache").rglob("*.pt"))) == 7  # 6 train + 1 val clips, each extracted by one shard
     assert cli_main(base) == 0
     assert "7 clips: 0 extracted, 7 already cached" in capsys.readouterr().out
-    with pytest.raises(SystemExit):
-        cli_main([*base, "--shard", "3", "3"])
+    assert cli_main([*base, "--shard", "3", "3"]) == 2
+    assert "streammind features: error: --shard" in capsys.readouterr().err
 
 
 def _scan_for_modules(obj) -> list[str]:
@@ -182,7 +181,7 @@ def test_data_workers_never_build_or_call_the_tower(small_world, tower, tmp_path
 
     monkeypatch.setattr(VisionEncoder, "forward", forbidden)
     monkeypatch.setattr(VisionEncoder, "__init__", forbidden)
-    loader = DataLoader(dataset, batch_size=2, num_workers=2, collate_fn=StreamCollator(processor.pad_token_id),
+    loader = DataLoader(dataset, batch_size=2, num_workers=2, collate_fn=StreamCollator.from_processor(processor),
                         multiprocessing_context="fork")
     batches = list(loader)
     assert not calls.exists()
@@ -195,7 +194,7 @@ def test_data_workers_never_build_or_call_the_tower(small_world, tower, tmp_path
 
 
 def test_train_fills_a_cold_cache_once_then_never_calls_the_tower(small_world, small_tower, tmp_path, monkeypatch):
-    from streammind.training.train import main as train_main
+    from streammind.training.train import train as train_main
 
     encoded = []
     forward = VisionEncoder.forward
@@ -208,13 +207,13 @@ def test_train_fills_a_cold_cache_once_then_never_calls_the_tower(small_world, s
     args = ["--train_annotations", str(small_world / "train.jsonl"), "--data_root", str(small_world), "--report_to", "none",
             "--max_steps", "3", "--per_device_train_batch_size", "2", "--feature_cache_dir", str(tmp_path / "cache")]
     stage1 = ["--tokenizer_path", str(small_world / "tokenizer"), "--clip_path", str(small_tower)]
-    out = train_main([str(Path(__file__).parents[1] / "configs" / "tiny" / "stage1.yaml"), *args, *stage1, "--output_dir", str(tmp_path / "s1")])
+    out = train_main([str(REPO / "configs" / "tiny" / "stage1.yaml"), *args, *stage1, "--output_dir", str(tmp_path / "s1")])
     clips = _clips(small_world)
     assert sum(encoded) == sum(_frames(c) for c in clips)  # every clip once, in the pass; training steps read the cache
     assert len(list((tmp_path / "cache").rglob("*.pt"))) == len(clips)
 
     encoded.clear()
-    train_main([str(Path(__file__).parents[1] / "configs" / "tiny" / "stage2.yaml"), *args, "--init_from", out, "--output_dir", str(tmp_path / "s2")])
+    train_main([str(REPO / "configs" / "tiny" / "stage2.yaml"), *args, "--init_from", out, "--output_dir", str(tmp_path / "s2")])
     assert encoded == []  # warm: stage 2 has the same tower, hence the same key
 
     # The standalone pass finds the training run's cache, from the saved model and from the tower directory.
