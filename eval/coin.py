@@ -1,4 +1,4 @@
-"""COIN step / next / task / procedure / procedure+ (VideoLLM-online's protocol, SPEC §7).
+"""COIN step / next / task / procedure / procedure+ (VideoLLM-online's protocol, docs/design.md §6).
 
     python -m eval.coin --model runs/stage1 --data-root data/coin --out runs/eval/coin \
         [--benchmarks step next task procedure taskprocedure] [--split test] \
@@ -12,7 +12,7 @@ Data layout under --data-root (COIN itself, https://coin-dataset.github.io, not 
                                  "annotation": [{"segment": [s, e], "label": "..."}]}}}
     videos/<video_id>.mp4      (any of .mp4 .mkv .webm .avi .mov; --video-dir overrides)
 
-Examples (reference/peers.md §1.4): the split is every video whose "subset" contains
+Examples (VideoLLM-online's `data/coin/benchmarks.py`): the split is every video whose "subset" contains
 --split ("test" matches "testing"). Step names are the annotation labels (two labels are
 renamed as in VideoLLM-online: "process (crop, fold) paper" -> "crop and fold paper",
 "try to press gun head, spray residual old grease" -> "try to press gun head to spray

@@ -1,4 +1,4 @@
-"""Ego4D long-term action anticipation, ED@20 (VideoLLM-online's protocol, SPEC §7).
+"""Ego4D long-term action anticipation, ED@20 (VideoLLM-online's protocol, docs/design.md §6).
 
     python -m eval.ego4d_lta --model runs/stage1 --data-root data/ego4d --out runs/eval/lta \
         [--split val] [--num-frames 32 | --fps 2] [--num-beams 5] [--video-source full_scale|clips]
@@ -13,7 +13,7 @@ Data layout under --data-root (Ego4D v2, https://ego4d-data.org, not shipped):
     v2/full_scale/<video_uid>.mp4        (--video-source full_scale, the default) or
     v2/clips/<clip_uid>.mp4              (--video-source clips); --video-dir overrides either
 
-Protocol (reference/peers.md §1.4–1.5, VideoLLM-online's `data/ego4d/lta.py`):
+Protocol (VideoLLM-online's `data/ego4d/lta.py`, github.com/showlab/videollm-online):
 - Examples. Actions are grouped by clip and sorted by action_idx; clips with fewer than
   8 + 20 actions are left out (that is the protocol's sample set, not a failure). Every
   run of 8 observed actions i .. i+7 followed by 20 future actions i+8 .. i+27 is one

@@ -1,4 +1,4 @@
-"""Multiple-choice video QA: MVBench, Video-MME, EgoSchema, PerceptionTest (SPEC §7).
+"""Multiple-choice video QA: MVBench, Video-MME, EgoSchema, PerceptionTest (docs/design.md §6).
 
     python -m eval.qa_mc --dataset mvbench --model runs/stage1 --data-root data/mvbench --out runs/eval/mvbench
     python -m eval.qa_mc --dataset videomme --model runs/stage1 --data-root data/videomme --out runs/eval/videomme

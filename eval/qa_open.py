@@ -1,4 +1,4 @@
-"""Open-ended video QA (MSVD-QA, ActivityNet-QA) scored by an LLM judge (SPEC §7).
+"""Open-ended video QA (MSVD-QA, ActivityNet-QA) scored by an LLM judge (docs/design.md §6).
 
     export STREAMMIND_JUDGE_BASE_URL=https://api.openai.com/v1   # any OpenAI-compatible server
     export STREAMMIND_JUDGE_MODEL=gpt-4o-mini
@@ -8,7 +8,7 @@
         --predictions runs/eval/msvd/predictions.jsonl --judgements runs/eval/msvd/judgements.jsonl
 
 Data layouts under --data-root (not shipped; the files as Video-ChatGPT's evaluation
-distributes them, reference/original-code.md §3.6):
+distributes them, which the original release's QA scripts read):
 
     MSVD-QA (--dataset msvd)
         test_qa.json        [{"video_id": "-4wsuPCjDBc_5_15" or 1201, "question": "...",

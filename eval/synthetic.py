@@ -1,11 +1,11 @@
-"""Streaming benchmark on the embedded synthetic world (SPEC §9), both protocols.
+"""Streaming benchmark on the embedded synthetic world, both protocols.
 
     python -m eval.synthetic --model runs/quickstart/stage2 --data-root runs/world \
         --split test --out runs/eval/synthetic [--protocol free|teacher|both] [--limit N]
 
 Data layout (written by `python -m streammind.world DIR`, or by the quickstart):
 
-    <data-root>/{train,val,test}.jsonl     canonical stream annotations (SPEC §6)
+    <data-root>/{train,val,test}.jsonl     canonical stream annotations (docs/design.md §4)
     <data-root>/videos/<split>/NNNN.mp4    the videos the records point to
 
 `--annotations` replaces `<data-root>/<split>.jsonl` with any canonical JSONL whose video

@@ -8,5 +8,5 @@
 # Extra arguments go to `streammind quickstart` (see --help).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup_env.sh video,train,eval,dev
+scripts/setup_env.sh --locked video,train,eval,dev
 exec .venv/bin/python -m streammind quickstart "$@"

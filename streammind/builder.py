@@ -20,7 +20,7 @@
   command line) loads a deliberately partial checkpoint, logging what was initialised
   fresh. Every refusal is a `CheckpointError` naming the file and the problem.
 
-Reference: SPEC §3, §8.
+Reference: docs/design.md §2; docs/checkpoints.md.
 """
 
 from __future__ import annotations

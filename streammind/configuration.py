@@ -14,7 +14,7 @@ Two presets (`StreamMindConfig.from_preset`):
 - "streammind-7b": the paper's sizes (CLIP ViT-L/14-336, Mistral-7B, 4-layer gate).
 - "tiny": the same code at toy sizes, seconds on a CPU (tests, the synthetic world).
 
-Reference: SPEC §3; Ding et al., "StreamMind", ICCV 2025 (arXiv 2503.06220).
+Reference: docs/design.md §2; Ding et al., "StreamMind", ICCV 2025 (arXiv 2503.06220).
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ which gives the same logits (tested).
 Per-frame mode (the released code's variant A, for ablation): every frame is its own
 segment with no prompt, so the gate is a deep per-token classifier.
 
-Reference: SPEC §3 (Cognition Gate), reference/original-code.md §1.4.
+Reference: docs/design.md §2-3 and §7.3 (the original release's gate variants).
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ the inference engine: the turn memory (`sampling.memory_frames`) and the gate's 
 (`gate.turn_position`, through `gate.gate_layout`). The gate loss is a training setting
 (`gate.GateLossConfig`), passed to `forward` by the trainer.
 
-Reference: SPEC §3, STYLE §4.3–4.4.
+Reference: docs/design.md §2-3; the composition follows transformers' `LlavaModel` (`modeling_llava.py`).
 """
 
 from __future__ import annotations

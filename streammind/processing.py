@@ -20,7 +20,7 @@ runtime appends exactly the ids that training saw. Only reply tokens and their E
 supervised; everything else is labelled -100. Unlike the original renderer, no instruction
 text is injected behind the user's back.
 
-Reference: SPEC §3 (Prompt), reference/original-code.md §1.5.
+Reference: docs/design.md §2 and §7.4 (the original renderer's injected instruction).
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ The released code named its linear subsampling `exponential_sampling` and used
 `max(1, int(p * n))`; we use ceil so that a turn of n tokens never keeps fewer than p * n.
 The count depends only on n, so the processor can lay out the right number of
 placeholders before the model has computed any token (`num_selected`).
-Reference: SPEC §3, reference/paper.md §2.6.
+Reference: the paper's Similarity Sampling (Ding et al., ICCV 2025, the framework figure); docs/design.md §2 and §7.4.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ size, P patches per frame (P = (S / patch)^2), Dv the tower width.
 
 The original code (`clip_encoder.py`) selected `hidden_states[-2]` after running all 24
 layers, and padded frames in training but centre-cropped them at inference; both are fixed
-here. Reference: SPEC §3, reference/original-code.md §1.2.
+here. Reference: docs/design.md §2 and §7.2.
 """
 
 from __future__ import annotations

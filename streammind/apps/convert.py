@@ -16,7 +16,7 @@ a one-line error naming the file.
 Library use: `load_videollama2` / `load_streammind_original` -> (model, processor, report),
 then `save_converted`.
 
-Source layouts (reference/peers.md §4.1, reference/original-code.md §1.2–1.5):
+Source layouts (docs/design.md §7.1, docs/checkpoints.md):
     VideoLLaMA2-7B      `Videollama2MistralForCausalLM`: the Mistral LLM under `model.*` /
                         `lm_head.*`, the CLIP tower under `model.vision_tower.vision_tower.vision_model.*`,
                         the STC projector under `model.mm_projector.*` (not used by StreamMind:
@@ -48,7 +48,7 @@ Memory: tensors are copied shard by shard straight into the target model (safete
 `safe_open`, `.bin` via `torch.load(mmap=True)`), so peak memory is about the model plus one
 shard; the large parts are allocated without a random initialisation first.
 
-Reference: SPEC §8; reference/original-code.md §1.2–1.5; reference/peers.md §4.1.
+Reference: docs/design.md §7; docs/checkpoints.md; VideoLLaMA2 (github.com/DAMO-NLP-SG/VideoLLaMA2).
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ LLM_KEY = re.compile(r"^(model\.(embed_tokens|layers|norm)\.|lm_head\.)")
 _RECOMPUTED_BUFFERS = (".rotary_emb.inv_freq", "embeddings.position_ids")
 
 # The system prompt of VideoLLaMA2's `mistral_instruct` template, which both VideoLLaMA2-7B
-# and the original StreamMind LLM were trained with (reference/peers.md §4.3).
+# and the original StreamMind LLM were trained with (VideoLLaMA2's `mistral_instruct` conversation template).
 VIDEOLLAMA2_SYSTEM_PROMPT = (
     "A chat between a curious user and an artificial intelligence assistant. "
     "The assistant gives helpful, detailed, and polite answers to the user's questions."

@@ -12,7 +12,7 @@ Outputs in `out_dir`: `predictions.jsonl` (one line per video, re-scorable with
 for the first `num_plots` videos. A video that fails to decode is recorded with an
 "error" field and counted, never dropped.
 
-Reference: SPEC §7 (free-running protocol).
+Reference: docs/design.md §6 (the free-running protocol).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Pure, model-free scoring for the streaming benchmarks (SPEC §7).
+"""Pure, model-free scoring for the streaming benchmarks (docs/design.md §6).
 
 Three families of metrics, each a set of pure functions with keyword-only arguments so
 that a prediction can never be passed where a reference is expected:
@@ -37,7 +37,7 @@ that a prediction can never be passed where a reference is expected:
      where it is defined, and reports how many videos that was.
 
 2. Teacher-forced protocol (VideoLLM-online's `stream_evaluate`, adapted for a gate as in
-   reference/peers.md §1.5 and §1.8). For each turn the caller supplies:
+   docs/design.md §6). For each turn the caller supplies:
      V: the gate's respond/silent decision at each frame of the turn (True = respond);
         the last frame of V is the ground-truth respond frame;
      the decisions on the frames that follow the turn, computed without the ground-truth
@@ -74,7 +74,8 @@ that a prediction can never be passed where a reference is expected:
    a 0-1 scale (papers usually print them ×100). CIDEr's IDF weights come from the scored
    references, so it is a corpus statistic (a single caption always scores 0).
 
-References: SPEC §7; reference/peers.md §1.5, §1.8; reference/original-code.md §3.
+References: docs/design.md §6; VideoLLM-online's `models/modeling_live.py` (`stream_evaluate`,
+github.com/showlab/videollm-online); pycocoevalcap.
 """
 
 from __future__ import annotations
@@ -219,7 +220,7 @@ def score_stream_video(
         reference: the ground-truth events (time in seconds, text).
         tolerances: seconds for one-to-one precision / recall / F1.
         trigger_tolerance: the ±window in seconds of TriggerAcc, TimVal and
-            reply_exact_match (1 s in SPEC §7).
+            reply_exact_match (1 s by default).
 
     Returns:
         A flat dict of counts and rates (None where undefined, see the module docstring):

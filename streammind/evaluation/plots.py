@@ -1,4 +1,4 @@
-"""Timeline plot for one streamed video: gate probability against ground-truth events (SPEC §7).
+"""Timeline plot for one streamed video: gate probability against ground-truth events.
 
 The figure shows the gate's respond probability over time, the decision threshold, the
 ground-truth event times (vertical lines) and the times the model replied (markers on the

@@ -1,13 +1,13 @@
-"""Re-score free-running streaming predictions against stream annotations (SPEC §7).
+"""Re-score free-running streaming predictions against stream annotations (`streammind score`).
 
-    python -m eval.score --predictions P.jsonl --references R.jsonl --out M.json \
+    streammind score --predictions P.jsonl --references R.jsonl --out M.json \
         [--table M.md] [--tolerances 1 2 5] [--trigger-tolerance 1] [--caption-tolerance 1]
 
 Inputs (JSON Lines):
 - predictions, one line per video:
   {"id": ..., "video": ..., "replies": [{"time": s, "text": str, "prob": float}],
    "error": optional str}
-- references, the canonical stream annotation (SPEC §6):
+- references, the canonical stream annotation (docs/design.md §4):
   {"video": ..., "query": ..., "turns": [{"time": s, "text": str}], "id": optional}
 
 Both files are checked line by line when read (`load_predictions`, `load_references`): a

@@ -1,5 +1,5 @@
 """The teacher-forced streaming protocol (VideoLLM-online's `stream_evaluate`) with the gate
-making the frame decisions (reference/peers.md §1.5 and §1.8).
+making the frame decisions (docs/design.md §6).
 
 Notation: T frames of one record sampled at `fps`, K ground-truth turns, turn k covers the
 frames [e_{k-1}, e_k) (e_{-1} = 0) and ends at its respond frame e_k - 1 (the frame at, or
@@ -54,7 +54,7 @@ never given default values.
 Also reported (StreamMind-specific, under "extra"): how many turns were early / on time /
 late, the mean signed frame_diff, and `token_accuracy`, the released StreamMind code's
 "Correctness" (per turn the share of reply tokens whose argmax is right, mean over turns,
-then over records), a different quantity from LM-Correctness (reference/paper.md §5.3).
+then over records), a different quantity from LM-Correctness (docs/design.md §6).
 
 Outputs of one record (`teacher_forced_record`, one JSON line in `predictions.jsonl`):
 {"video", "query", "fps", "threshold", "start", "num_frames", "turns": [{"time", "text",
@@ -65,7 +65,7 @@ Outputs of one record (`teacher_forced_record`, one JSON line in `predictions.js
 Memory: one record is one forward, so a record's frames ([T, 3, S, S] pixels) and its
 whole dialogue are in memory at once; very long records need a large GPU.
 
-Reference: SPEC §7, reference/peers.md §1.5 and §1.8, reference/original-code.md §3.2.
+Reference: docs/design.md §6; VideoLLM-online's `models/modeling_live.py` (github.com/showlab/videollm-online).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ streaming demo): ``probe_video`` for metadata, ``read_video`` for a whole clip o
 window of it, and ``iter_frames`` for streaming one frame at a time from a file, a URL
 (``rtsp://``, ``http://``, ...) or a webcam device (``/dev/video0``).
 
-Sampling rule (SPEC §4 and §6). Frames are chosen by presentation timestamp (pts), never
+Sampling rule (docs/design.md §4). Frames are chosen by presentation timestamp (pts), never
 by integer strides and never from an assumed frame rate:
 
 - all times are seconds (float64) relative to the stream's first frame; the container's

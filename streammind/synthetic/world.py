@@ -1,4 +1,4 @@
-"""The embedded synthetic streaming world (SPEC §9) and the tokenizer built for it.
+"""The embedded synthetic streaming world and the tokenizer built for it.
 
 No pretrained weights or licensed video can be fetched where this project trains by
 default, so it ships a procedurally generated streaming dataset that a tiny model can
@@ -24,7 +24,7 @@ learn from scratch on a CPU in minutes:
   query. Replies are fixed templates filled from the event (`REPLY_TEMPLATES`), so the
   reply is fully determined by what is visible.
 - **Files.** ``videos/{split}/{index:04d}.mp4`` (H.264, yuv420p, constant ``fps``),
-  ``{split}.jsonl`` in the canonical annotation format of SPEC §6 (plus the extra fields
+  ``{split}.jsonl`` in the canonical annotation format of docs/design.md §4 (plus the extra fields
   ``id``, ``duration``, ``fps``, ``query_key``, ``initial`` and ``events``, the latter
   listing every event including distractors), and ``world.json`` with the generator
   settings and counts.
@@ -439,7 +439,7 @@ def write_video(path: Path, spec: VideoSpec, config: WorldConfig) -> None:
 
 
 def annotation_record(split: str, index: int, spec: VideoSpec, config: WorldConfig) -> dict:
-    """The canonical JSONL record (SPEC §6) of one video, with all events attached."""
+    """The canonical JSONL record (docs/design.md §4) of one video, with all events attached."""
     return {
         "video": f"videos/{split}/{index:04d}.mp4",
         "query": spec.query.text,

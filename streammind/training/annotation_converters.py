@@ -6,21 +6,21 @@ Usage::
     python -m streammind.datasets.converters soccernet MatchTime/train OUT.jsonl
     python -m streammind.datasets.converters llava videochatgpt_tune.json OUT.jsonl
 
-Sources and rules (SPEC §6):
+Sources and rules (docs/design.md §4):
 
 - Ego4D narration stream, as VideoLLM-online caches it (``narration_stream_{split}.json``
   or the refined ``refined_narration_stream_{split}.json``):
-  ``{video_uid: {annotation_uid: [{"time", "text"}, ...]}}`` (reference/peers.md §1.4).
+  ``{video_uid: {annotation_uid: [{"time", "text"}, ...]}}`` (VideoLLM-online's `data/ego4d/narration.py`).
   One record per (video, annotation pass), ``id = "<video_uid>/<annotation_uid>"``.
   Narrations are sorted by time (stable), each time is ceiled to the fps grid
   (``max(ceil(t * fps) / fps, 0)``), a narration whose text equals the previous kept
   turn's is dropped, and of two narrations landing on the same grid slot the later text
   is kept (VideoLLM-online's rules). Passes with no narration are skipped.
   ``--first-pass-only`` keeps only each video's first pass, as the original StreamMind
-  evaluation did (reference/original-code.md §2.4).
+  evaluation did (docs/design.md §4).
 - SoccerNet / MatchTime ``Labels-caption.json`` (one file per match):
   ``{"annotations": [{"gameTime": "H - MM:SS", "anonymized": text, ...}]}``
-  (reference/original-code.md §2.4). One record per half present in the file, turns
+  (docs/design.md §4). One record per half present in the file, turns
   sorted ascending by ``MM * 60 + SS`` (the file order is not trusted; the original
   reversed the list assuming newest-first). Captions falling on the same second are
   merged into one turn, their texts joined with a space in file order, because a record
@@ -246,7 +246,7 @@ def _parser() -> argparse.ArgumentParser:
     """Command-line interface: one sub-command per source format."""
     parser = ArgumentParser(
         prog="streammind convert-annotations",
-        description="Convert upstream annotations to StreamMind JSON Lines (SPEC §6).",
+        description="Convert upstream annotations to StreamMind JSON Lines (docs/design.md §4).",
     )
     sub = parser.add_subparsers(dest="format", required=True, help="source annotation format")
     overwrite = ArgumentParser(add_help=False)

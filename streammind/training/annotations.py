@@ -1,6 +1,6 @@
 """Annotation records: the canonical stream annotation and the offline SFT/QA sample.
 
-Stream annotation (SPEC §6), JSON Lines, one record per video x annotation pass::
+Stream annotation (docs/design.md §4), JSON Lines, one record per video x annotation pass::
 
     {"video": "<path relative to a data root>", "query": "<user request>",
      "turns": [{"time": <seconds>, "text": "<reply>"}, ...],
@@ -23,8 +23,8 @@ Offline sample (LLaVA / VideoChatGPT style, for offline SFT and QA): a video or 
 and ``gpt`` -> ``assistant`` and keeping message texts verbatim (``<video>``/``<image>``
 tags included; placing them is the processor's job).
 
-References: SPEC §6; reference/original-code.md §2.4 (formats used by the original
-StreamMind); reference/peers.md §1.4 (VideoLLM-online's narration stream).
+References: docs/design.md §4 (the formats of the original release and of VideoLLM-online's
+narration stream).
 """
 
 from __future__ import annotations

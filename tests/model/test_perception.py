@@ -2,7 +2,7 @@
 
 Run: .venv/bin/python -m pytest tests/model/test_perception.py -q
 
-The key invariant (STYLE §4.5): feeding a clip frame by frame through `step` gives the same
+The key invariant (docs/design.md §3): feeding a clip frame by frame through `step` gives the same
 perception tokens as the parallel `forward`, and a clip can be split anywhere between the two
 modes. Also: in-place state reset, mamba_ssm parameter names, the real-size parameter count
 (built on the meta device), initialisation, gradients and bf16.

@@ -1,4 +1,4 @@
-"""Tests for the embedded synthetic world and its tokenizer (`streammind.world`, SPEC §9).
+"""Tests for the embedded synthetic world and its tokenizer (`streammind.synthetic.world`).
 
 Run: .venv/bin/python -m pytest tests/synthetic/test_world.py -q
 
