@@ -1,6 +1,6 @@
 """COIN step / next / task / procedure / procedure+ (VideoLLM-online's protocol, docs/design.md §6).
 
-    python -m eval.coin --model runs/stage1 --data-root data/coin --out runs/eval/coin \
+    streammind eval coin --model runs/stage1 --data-root data/coin --out runs/eval/coin \
         [--benchmarks step next task procedure taskprocedure] [--split test] \
         [--num-frames 32 | --fps 2] [--procedure-denominator faithful|labels] \
         [--skip-missing-videos] [--limit N] [--predictions runs/eval/coin/*/predictions.jsonl]
@@ -335,7 +335,7 @@ class COINTask(OfflineTask):
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the selected COIN benchmarks; each writes into <out>/<benchmark>/, a summary into <out>."""
-    parser = build_offline_parser("python -m eval.coin", __doc__, max_new_tokens=MAX_NEW_TOKENS,
+    parser = build_offline_parser("streammind eval coin", __doc__, max_new_tokens=MAX_NEW_TOKENS,
                                   annotations_help="COIN.json (default: <data-root>/COIN.json or coin.json)")
     parser.add_argument("--benchmarks", nargs="+", choices=BENCHMARKS, default=list(BENCHMARKS))
     parser.add_argument("--split", default="test", help="subset to evaluate (default: %(default)s)")
@@ -366,4 +366,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_command("python -m eval.coin", main))
+    raise SystemExit(run_command("streammind eval coin", main))

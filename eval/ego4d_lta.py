@@ -1,6 +1,6 @@
 """Ego4D long-term action anticipation, ED@20 (VideoLLM-online's protocol, docs/design.md §6).
 
-    python -m eval.ego4d_lta --model runs/stage1 --data-root data/ego4d --out runs/eval/lta \
+    streammind eval ego4d_lta --model runs/stage1 --data-root data/ego4d --out runs/eval/lta \
         [--split val] [--num-frames 32 | --fps 2] [--num-beams 5] [--video-source full_scale|clips]
 
 Data layout under --data-root (Ego4D v2, https://ego4d-data.org, not shipped):
@@ -304,7 +304,7 @@ class Ego4DLTATask(OfflineTask):
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run Ego4D LTA and write predictions, metrics and the challenge-format file into --out."""
-    parser = build_offline_parser("python -m eval.ego4d_lta", __doc__, max_new_tokens=MAX_NEW_TOKENS,
+    parser = build_offline_parser("streammind eval ego4d_lta", __doc__, max_new_tokens=MAX_NEW_TOKENS,
                                   annotations_help="the split's annotation (default: <data-root>/annotations/fho_lta_<split>.json)")
     parser.add_argument("--split", default="val", help="val, train or test_unannotated (default: %(default)s)")
     parser.add_argument("--video-source", choices=["full_scale", "clips"], default="full_scale")
@@ -322,4 +322,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_command("python -m eval.ego4d_lta", main))
+    raise SystemExit(run_command("streammind eval ego4d_lta", main))

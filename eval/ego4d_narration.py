@@ -1,6 +1,6 @@
 """Ego4D narration stream benchmark (VideoLLM-online's streaming narration), both protocols.
 
-    python -m eval.ego4d_narration --model CKPT --data-root DATA/ego4d \
+    streammind eval ego4d_narration --model CKPT --data-root DATA/ego4d \
         --annotations DATA/ego4d/narration_stream_val.json --out runs/eval/ego4d_val
 
 Data layout (none of it ships with the project):
@@ -13,7 +13,7 @@ Data layout (none of it ships with the project):
                                          or a canonical stream-annotation JSONL (.jsonl)
                                          whose video paths are relative to the data root
 
-The narration JSON goes through `streammind.datasets.converters.convert_ego4d`: one record
+The narration JSON goes through `streammind.training.annotation_converters.convert_ego4d`: one record
 per (video, annotation pass), times ceiled to the model's fps grid (`--grid-fps`
 overrides), repeated texts dropped, `--first-pass-only` for the original StreamMind
 evaluation's one pass per video. An annotation pass without any narration cannot become a
@@ -78,7 +78,7 @@ def load_narration_records(
 def main(argv: Sequence[str] | None = None) -> int:
     """Evaluate a model on Ego4D narration streams; returns the exit status."""
     parser = build_parser(
-        "python -m eval.ego4d_narration",
+        "streammind eval ego4d_narration",
         __doc__,
         annotations_help="narration_stream_{split}.json or a canonical JSONL (default: <data-root>/narration_stream_<split>.json)",
     )
@@ -106,4 +106,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_command("python -m eval.ego4d_narration", main))
+    raise SystemExit(run_command("streammind eval ego4d_narration", main))

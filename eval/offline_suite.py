@@ -2,10 +2,10 @@
 
     streammind eval offline --data-root data/eval --model runs/stage1 --out runs/eval/offline \\
         [--only coin mvbench ...] [--device cuda --dtype bfloat16] [--limit N] [--num-frames N] [--skip-judge]
-    (the same as `python -m eval.offline_suite ...` and `scripts/eval/offline.sh ...`)
+    (the same as `scripts/eval/offline.sh ...`, and `python -m eval.offline_suite ...` in a checkout)
 
 Detection. Each benchmark has one folder under --data-root, named as in StreamMind's release
-where it has one; inside it, the layout its own module documents (`python -m eval.<module>
+where it has one; inside it, the layout its own module documents (`streammind eval <module>
 --help`). A benchmark is run when its folder holds the files below, and otherwise reported as
 "skipped (not found: <the first path checked that is missing>)", never as a zero:
 

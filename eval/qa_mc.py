@@ -1,7 +1,7 @@
 """Multiple-choice video QA: MVBench, Video-MME, EgoSchema, PerceptionTest (docs/design.md §6).
 
-    python -m eval.qa_mc --dataset mvbench --model runs/stage1 --data-root data/mvbench --out runs/eval/mvbench
-    python -m eval.qa_mc --dataset videomme --model runs/stage1 --data-root data/videomme --out runs/eval/videomme
+    streammind eval qa_mc --dataset mvbench --model runs/stage1 --data-root data/mvbench --out runs/eval/mvbench
+    streammind eval qa_mc --dataset videomme --model runs/stage1 --data-root data/videomme --out runs/eval/videomme
 
 Data layouts under --data-root (not shipped):
 
@@ -370,7 +370,7 @@ class MultipleChoiceTask(OfflineTask):
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Answer every question and write predictions, metrics and a table into --out."""
-    parser = build_offline_parser("python -m eval.qa_mc", __doc__, max_new_tokens=MAX_NEW_TOKENS)
+    parser = build_offline_parser("streammind eval qa_mc", __doc__, max_new_tokens=MAX_NEW_TOKENS)
     parser.add_argument("--dataset", choices=DATASETS, required=True)
     parser.add_argument("--tasks", nargs="+", default=None, help="MVBench tasks by json stem (default: all 20)")
     parser.add_argument("--split", default="valid", help="PerceptionTest split, mc_question_<split>.json (default: %(default)s)")
@@ -386,4 +386,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_command("python -m eval.qa_mc", main))
+    raise SystemExit(run_command("streammind eval qa_mc", main))

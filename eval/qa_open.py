@@ -3,8 +3,8 @@
     export STREAMMIND_JUDGE_BASE_URL=https://api.openai.com/v1   # any OpenAI-compatible server
     export STREAMMIND_JUDGE_MODEL=gpt-4o-mini
     export OPENAI_API_KEY=...                                     # optional for local servers
-    python -m eval.qa_open --dataset msvd --model runs/stage1 --data-root data/msvd_qa --out runs/eval/msvd
-    python -m eval.qa_open --dataset msvd --data-root data/msvd_qa --out runs/eval/msvd_rescored \
+    streammind eval qa_open --dataset msvd --model runs/stage1 --data-root data/msvd_qa --out runs/eval/msvd
+    streammind eval qa_open --dataset msvd --data-root data/msvd_qa --out runs/eval/msvd_rescored \
         --predictions runs/eval/msvd/predictions.jsonl --judgements runs/eval/msvd/judgements.jsonl
 
 Data layouts under --data-root (not shipped; the files as Video-ChatGPT's evaluation
@@ -25,7 +25,7 @@ distributes them, which the original release's QA scripts read):
 
 Repeated question ids get "#k" suffixes so every question is one record.
 
-Answering: `eval.offline.answer` (32 uniform frames, greedy, up to 1024 new tokens as the
+Answering: `streammind.evaluation.answering.answer` (32 uniform frames, greedy, up to 1024 new tokens as the
 original's QA scripts).
 
 Judge: any OpenAI-compatible chat-completions endpoint, configured only by environment
@@ -434,7 +434,7 @@ class OpenQATask(OfflineTask):
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Answer (or load saved answers), judge, and write predictions, judgements, metrics and a table into --out."""
-    parser = build_offline_parser("python -m eval.qa_open", __doc__, max_new_tokens=MAX_NEW_TOKENS,
+    parser = build_offline_parser("streammind eval qa_open", __doc__, max_new_tokens=MAX_NEW_TOKENS,
                                   annotations_help="question file (default: test_qa.json / test_q.json under --data-root)")
     parser.add_argument("--dataset", choices=DATASETS, required=True)
     parser.add_argument("--video-dir", type=Path, default=None, help="default: <data-root>/videos (ActivityNet-QA: all_test/ when there is no videos/)")
@@ -465,4 +465,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_command("python -m eval.qa_open", main))
+    raise SystemExit(run_command("streammind eval qa_open", main))

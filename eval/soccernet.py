@@ -1,6 +1,6 @@
 """SoccerNet / MatchTime live-commentary benchmark, both protocols.
 
-    python -m eval.soccernet --model CKPT --data-root DATA/SoccerNet \
+    streammind eval soccernet --model CKPT --data-root DATA/SoccerNet \
         --annotations DATA/MatchTime/valid --out runs/eval/soccernet_valid
 
 Data layout (none of it ships with the project):
@@ -17,7 +17,7 @@ same relative paths. `--annotations` defaults to the data root (captions next to
 videos) and may also be a canonical stream-annotation JSONL (.jsonl).
 
 Every `Labels-caption.json` below the caption root goes through
-`streammind.datasets.converters.convert_soccernet_tree`: one record per half, id
+`streammind.training.annotation_converters.convert_soccernet_tree`: one record per half, id
 "<match>/<half>", time = seconds into the half, captions on the same second joined. Each
 half named by `--halves` (default: 1 2) that has no caption in its match's file is counted
 as a "missing_annotation" failure (summary "load_failures" and teacher-forced
@@ -80,7 +80,7 @@ def load_commentary_records(
 def main(argv: Sequence[str] | None = None) -> int:
     """Evaluate a model on SoccerNet commentary; returns the exit status."""
     parser = build_parser(
-        "python -m eval.soccernet",
+        "streammind eval soccernet",
         __doc__,
         annotations_help=f"folder searched for {SOCCER_LABELS_NAME}, or a canonical JSONL (default: the data root)",
     )
@@ -106,4 +106,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_command("python -m eval.soccernet", main))
+    raise SystemExit(run_command("streammind eval soccernet", main))

@@ -3,8 +3,8 @@
     export STREAMMIND_JUDGE_BASE_URL=https://api.openai.com/v1   # any OpenAI-compatible server
     export STREAMMIND_JUDGE_MODEL=gpt-4o-mini
     export OPENAI_API_KEY=...                                     # optional for local servers
-    python -m eval.videochatgpt --model runs/stage1 --data-root data/videochatgpt_gen --out runs/eval/vcgpt
-    python -m eval.videochatgpt --data-root data/videochatgpt_gen --out runs/eval/vcgpt_rescored \\
+    streammind eval videochatgpt --model runs/stage1 --data-root data/videochatgpt_gen --out runs/eval/vcgpt
+    streammind eval videochatgpt --data-root data/videochatgpt_gen --out runs/eval/vcgpt_rescored \\
         --predictions runs/eval/vcgpt/predictions.jsonl --judgements runs/eval/vcgpt/judgements.jsonl
 
 Data layout under --data-root (not shipped; the files as Video-ChatGPT publishes them for its
@@ -22,7 +22,7 @@ quantitative evaluation, gathered in one folder, `videochatgpt_gen` in StreamMin
 Examples: one per record, with ids "generic/<video_name>", "temporal/<video_name>" and
 "consistency/<video_name>" (a repeated one gets "#1", "#2", ...); --parts picks the files.
 
-Answering: `eval.offline.answer` (32 uniform frames, greedy, up to 1024 new tokens, as for the
+Answering: `streammind.evaluation.answering.answer` (32 uniform frames, greedy, up to 1024 new tokens, as for the
 open-ended QA benchmarks). Both questions of a consistency record are answered from the same
 frames, each in its own one-turn conversation.
 
@@ -459,7 +459,7 @@ class VideoChatGPTTask(OfflineTask):
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Answer (or load saved answers), judge, and write predictions, verdicts, metrics and a table into --out."""
-    parser = build_offline_parser("python -m eval.videochatgpt", __doc__, max_new_tokens=MAX_NEW_TOKENS)
+    parser = build_offline_parser("streammind eval videochatgpt", __doc__, max_new_tokens=MAX_NEW_TOKENS)
     parser.add_argument("--parts", nargs="+", choices=list(PARTS), default=list(PARTS),
                         help="question files to evaluate (default: all three)")
     parser.add_argument("--video-dir", type=Path, default=None, help="default: <data-root>/Test_Videos")

@@ -135,7 +135,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         vision_config=_TINY_VISION,
         text_config=_TINY_TEXT,
         # Spatial mean pooling as in the paper; the tower is pretrained on the synthetic world
-        # with this very pooling (streammind.tower_pretrain).
+        # with this very pooling (`streammind.synthetic.tower_pretrain`).
         frame_pooling="mean",
         gate_num_layers=2,
         gate_window=256,

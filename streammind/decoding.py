@@ -24,7 +24,7 @@ whereas the fused SDPA kernels parallelise over queries and, masked and with one
 a handful of thread blocks for the whole cache (0.36 ms per layer over 8,192 positions on an
 H200, measured: decoding the 7B LLM ran at 18 ms per token). Several queries per row use
 SDPA (its fused kernels; the key-value heads repeated as transformers does with a mask).
-tests/test_engine.py compares all of it with the model's plain forward.
+tests/inference/test_engine.py compares all of it with the model's plain forward.
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ across turns and is rebuilt from the newest turns when it would overflow T (the 
 scanned over it, the gate over its tokens up to the first reply, and the rest of the chunk
 after the reply's reset again, which gives the frame-by-frame results.
 
-The engine computes what the model's plain forward computes; tests/test_engine.py checks
+The engine computes what the model's plain forward computes; tests/inference/test_engine.py checks
 the gate probabilities, perception tokens and replies against it (and multi-stream batches,
 chunks and device-side preprocessing against single frames).
 """

@@ -13,7 +13,7 @@ traceback above that line. Any other exception is a bug and keeps its traceback.
 Library code raises `UserError` (exit 2) or `RunFailure` (exit 1), or an error class that
 derives from them (`AnnotationError`, `ConversionError`, `VideoDecodeError`, `BadSample`, ...), with a
 message that starts with the file it is about. `run_command` turns them into the line
-above; `streammind.cli.main` uses it for every verb and each module's `python -m` entry
+above; `streammind.apps.cli.main` uses it for every verb and each module's `python -m` entry
 point uses it too, so a verb's `main(argv)` itself just raises.
 """
 
@@ -93,7 +93,7 @@ def run_command(prog: str, main: Callable[[Sequence[str] | None], Any], argv: Se
     """Run a verb's `main(argv)` under the convention above; returns the exit status.
 
     Args:
-        prog: the command as the user typed it ("streammind convert", "python -m eval.score").
+        prog: the command as the user typed it ("streammind convert", "streammind eval coin").
         main: the verb's entry point; it returns an int exit status or anything else (0).
         argv: its arguments (None: `sys.argv[1:]`, as `main` itself decides).
         debug: print tracebacks (default: STREAMMIND_DEBUG).

@@ -10,10 +10,17 @@ Query mode (default): a gate *segment* is the prompt (BOS, system prompt, user q
 followed by one perception token per frame, attended causally; the decision for frame t is
 the head's output at t's position. A segment starts at the beginning of the stream, after
 each response (the turn's cache is reset to the prompt), and every `window` frames within a
-long turn (bounded cost; the EPFE's recurrent state still carries the longer history).
-Training runs all segments of a batch in parallel as padded sequences; streaming steps
-through a segment with a static KV cache in the inference engine (streammind/engine.py),
-which gives the same logits (tested).
+long turn (bounded cost; the EPFE's recurrent state still carries the longer history). That
+window rule has one definition, `turn_position`, used by the parallel layout and the engine.
+
+Training runs all segments of a batch in parallel as padded sequences: the collator lays them
+out once per batch (`gate_layout`: which frame sits at which position of which segment, as
+index tensors) and `CognitionGate.frame_logits` only gathers, runs the decoder and scatters.
+Streaming steps through a segment with a static KV cache in the inference engine
+(streammind/engine.py), which gives the same logits (tests/inference/).
+
+The loss (`gate_loss`, `GateLossConfig`: class-weighted cross-entropy or focal) is a training
+setting, handed to the model's forward by the trainer, never saved with the model.
 
 Per-frame mode (the released code's variant A, for ablation): every frame is its own
 segment with no prompt, so the gate is a deep per-token classifier.

@@ -116,7 +116,7 @@ class StreamMindForCausalLM(StreamMindPreTrainedModel):
         self.post_init()
 
     def save_pretrained(self, save_directory, *args, **kwargs) -> None:
-        """`PreTrainedModel.save_pretrained`, written atomically (`streammind.atomic`): the files go
+        """`PreTrainedModel.save_pretrained`, written atomically (`streammind.fileio`): the files go
         to a temporary directory first, so a crash never leaves half a model (Trainer
         checkpoints included). Pushing to the hub keeps the plain path (the directory name is
         the repository name there)."""

@@ -3,7 +3,7 @@
     streammind convert --from videollama2 SRC DST [--clip DIR] [--gate-init-from-llm] [--dtype bfloat16]
     streammind convert --from streammind-original SRC DST [--clip DIR] [--gate-heads 32] [--dtype bfloat16]
 
-(`python -m streammind.convert ...` takes the same arguments.) The result is an ordinary
+(`python -m streammind convert ...` is the same command.) The result is an ordinary
 StreamMind directory written by `save_model`, which `load_model` reloads; a
 `conversion_report.json` beside it records what was mapped, ignored and initialised fresh.
 

@@ -62,7 +62,11 @@ that a prediction can never be passed where a reference is expected:
    Per video each metric is the mean over the turns where it is defined; a video with no
    such turn gets the reference's defaults (PPL 1, TimeDiff 0, Fluency 1, Correctness 1),
    which biases averages slightly but keeps the numbers comparable with VideoLLM-online.
-   The dataset value is the mean over videos.
+   The dataset value is the mean over videos. All of the protocol's scoring is here, one
+   function per level: `score_teacher_forced_turn` (a turn), `score_teacher_forced_video` (a
+   video's turns), `score_teacher_forced_record` (a saved prediction record of
+   `teacher_forced.teacher_forced_record`: the video's scores plus the early / on time / late
+   counts and the released code's token accuracy), `aggregate_teacher_forced` (the dataset).
 
 3. Caption metrics: BLEU-1..4, METEOR, ROUGE-L and CIDEr from pycocoevalcap with the
    prediction as the candidate and the references as references (the released StreamMind

@@ -25,7 +25,7 @@ A reference is matched to the prediction with the same "id" when the reference h
   with empty text are counted (and scored as empty captions);
 - a prediction that matches no reference is listed under counts.unmatched_prediction_ids.
 
-Outputs: the metrics JSON (free-running metrics from eval.metrics, micro and per-video
+Outputs: the metrics JSON (free-running metrics from `metrics.py`, micro and per-video
 mean; caption metrics over the replies matched one-to-one to events within
 --caption-tolerance seconds; counts; per-video scores) and, with --table, a markdown
 rendering written by `write_markdown_table`, which evaluators reuse.

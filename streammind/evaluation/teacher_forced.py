@@ -3,7 +3,7 @@ making the frame decisions (docs/design.md §6).
 
 Notation: T frames of one record sampled at `fps`, K ground-truth turns, turn k covers the
 frames [e_{k-1}, e_k) (e_{-1} = 0) and ends at its respond frame e_k - 1 (the frame at, or
-last before, the reply time; `streammind.datasets.stream.turn_end_frames`).
+last before, the reply time; `streammind.training.datasets.turn_end_frames`).
 
 Per record (one video x annotation pass), batch size 1:
 
@@ -39,9 +39,9 @@ Per record (one video x annotation pass), batch size 1:
                                    [e_k, e_{k+1}), cut to the window |V_k| - 1.
    The reset of the gate's attention window (`gate_window`) applies as in streaming. The
    EPFE state never depends on replies, so the perception tokens are shared. For a gate in
-   per-frame mode R changes nothing. (`tests/eval/test_teacher_forced.py` checks this
+   per-frame mode R changes nothing. (`tests/evaluation/test_teacher_forced.py` checks this
    against one pass per turn.)
-4. Scoring (`eval.metrics`): the window rule min(next turn length, |V| - 1); the last turn
+4. Scoring (`metrics.py`, all of it in one place): the window rule min(next turn length, |V| - 1); the last turn
    has no following frames, so a silent last turn counts as frame_diff 0; TimeDiff =
    |frame_diff| / fps; Fluency, LM-PPL and LM-Correctness per turn; mean over turns, then
    over records (`score_teacher_forced_video`, `aggregate_teacher_forced`).

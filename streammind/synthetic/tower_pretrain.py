@@ -20,7 +20,7 @@ Only the tower is kept: a ``CLIPVisionModel`` directory that stage 1 loads with
 keep their initial weights, since StreamMind never runs them. Held-out accuracy on the
 val split (scene, colour, shape, slot) goes to ``OUT/pretrain_metrics.json``.
 
-Entry point: ``python -m streammind.tower_pretrain WORLD_DIR OUT_DIR [--steps 400]``.
+Entry point: ``streammind pretrain-tower WORLD_DIR OUT_DIR [--steps 400]``.
 """
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ def pretrain_tower(
     """Train the preset's tower contrastively on the world and save it as a ``CLIPVisionModel``.
 
     Args:
-        world_dir: a world written by `streammind.world` (train.jsonl, val.jsonl, videos/).
+        world_dir: a world written by `streammind world` (train.jsonl, val.jsonl, videos/).
         out_dir: where the tower (config.json + model.safetensors) and metrics go.
         preset: StreamMind preset whose vision config, feature layer, pooling and
             preprocessing define the features.
@@ -141,7 +141,7 @@ def pretrain_tower(
     config = StreamMindConfig.from_preset(preset)
     meta_path = Path(world_dir) / "world.json"
     if not meta_path.is_file():
-        raise FileNotFoundError(f"{world_dir} is not a synthetic world (no world.json); write one with python -m streammind.world {world_dir}")
+        raise FileNotFoundError(f"{world_dir} is not a synthetic world (no world.json); write one with `streammind world {world_dir}`")
     world = json.loads(meta_path.read_text())
     scenes = all_scenes(world["config"]["max_objects"])
     scene_index = {s: i for i, s in enumerate(scenes)}

@@ -41,7 +41,7 @@ The tokenizer (`build_tokenizer`) is a byte-level BPE trained locally with
 prompt fragments, wrapped as a transformers ``PreTrainedTokenizerFast``. It adds no
 BOS/EOS on its own; the prompt renderer writes ``<s>`` / ``</s>`` explicitly.
 
-Entry point: ``python -m streammind.world OUT_DIR [--seed 0] [--num_train 1200 ...]``
+Entry point: ``streammind world OUT_DIR [--seed 0] [--num_train 1200 ...]``
 writes the world and ``OUT_DIR/tokenizer``.
 """
 
@@ -579,7 +579,7 @@ def build_tokenizer(out_dir: str | Path | None = None, texts: list[str] | None =
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     """CLI flags: the output directory plus one ``--field`` per `WorldConfig` field."""
-    parser = ArgumentParser(prog="python -m streammind.world", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="streammind world", description=__doc__.split("\n\n")[0])
     parser.add_argument("out_dir", help="where to write videos/, {split}.jsonl, world.json and tokenizer/")
     for f in dataclasses.fields(WorldConfig):
         parser.add_argument(f"--{f.name}", type=type(f.default), default=f.default, help=f"default: {f.default}")

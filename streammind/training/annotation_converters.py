@@ -2,9 +2,9 @@
 
 Usage::
 
-    python -m streammind.datasets.converters ego4d narration_stream_val.json OUT.jsonl [--first-pass-only]
-    python -m streammind.datasets.converters soccernet MatchTime/train OUT.jsonl
-    python -m streammind.datasets.converters llava videochatgpt_tune.json OUT.jsonl
+    streammind convert-annotations ego4d narration_stream_val.json OUT.jsonl [--first-pass-only]
+    streammind convert-annotations soccernet MatchTime/train OUT.jsonl
+    streammind convert-annotations llava videochatgpt_tune.json OUT.jsonl
 
 Sources and rules (docs/design.md §4):
 

@@ -26,8 +26,8 @@ affects them.
 
 The dataset never holds or calls a model: examples are CPU tensors (preprocessed pixel values,
 or cached features), so data-loader workers never touch the tower or CUDA. The feature cache
-is filled beforehand, on the training device, by the extraction pass (`streammind.features`;
-`streammind.train` runs it itself when `feature_cache_dir` is set); a clip missing from the
+is filled beforehand, on the training device, by the extraction pass (`streammind features`;
+`streammind train` runs it itself when `feature_cache_dir` is set); a clip missing from the
 cache raises `MissingFeatures`, naming the clip and the command that fills the cache.
 """
 
@@ -92,7 +92,7 @@ class StreamDataset(Dataset):
         on_error: "raise" or "skip" (skips are counted in `skipped`).
         cache_decoded: keep decoded clips (with a feature cache: their features) in memory.
         feature_cache: return pooled features [T, Dv] read from this cache instead of pixels;
-            every clip must be in it (`streammind.features` fills it), else `MissingFeatures`.
+            every clip must be in it (`streammind features` fills it), else `MissingFeatures`.
         allow_outside_root: accept video paths that leave `data_root` (absolute or `..`).
     """
 
@@ -197,7 +197,7 @@ class StreamDataset(Dataset):
             f"{video} (fps {self.fps:g}, window [{rec.start}, {rec.end})) is not in the feature cache "
             f"{self.feature_cache.directory}; fill it first on the training device: streammind features {annotations} "
             f"--data-root {self.data_root} (--model <saved model> | --clip <tower>) --out {self.feature_cache.root} --fps {self.fps:g} "
-            "(streammind.train does this itself when feature_cache_dir is set)"
+            "(streammind train does this itself when feature_cache_dir is set)"
         )
 
     def example(self, i: int) -> dict:

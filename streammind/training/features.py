@@ -32,7 +32,7 @@ resumable and with a progress bar is simpler to reason about and to rerun.)
   training dataset skips or raises on it (`on_bad_sample`) on every rank; a missing video is
   counted only (the dataset's own validation reports it).
 
-`streammind.train` runs `extract_features` itself, on the training device, for the clips
+`streammind train` runs `extract_features` itself, on the training device, for the clips
 missing from `feature_cache_dir`, so the shipped configs need no separate step.
 """
 

@@ -62,7 +62,7 @@ from .collator import StreamCollator
 from .datasets import StreamDataset
 from .features import FeatureCache, clips_of, extract_features, shard, vision_cache_key
 
-logger = logging.getLogger("streammind.train")
+logger = logging.getLogger(__name__)
 
 TRAINER_STATE = "trainer_state.json"
 TRAINING_ARGUMENT_NAMES = frozenset(f.name for f in dataclasses.fields(TrainingArguments))
@@ -181,7 +181,7 @@ def build(model_args: ModelArguments, device: torch.device):
     elif model_args.preset is not None:
         overrides = dict(model_args.model_overrides)
         clip = None
-        if model_args.clip_path is not None:  # a pretrained tower, e.g. from streammind.tower_pretrain
+        if model_args.clip_path is not None:  # a pretrained tower, e.g. from `streammind pretrain-tower`
             clip = CLIPVisionModel.from_pretrained(model_args.clip_path, dtype=dtype).to(device)
             overrides["vision_config"] = clip.config.to_dict()
         config = StreamMindConfig.from_preset(model_args.preset, **overrides)

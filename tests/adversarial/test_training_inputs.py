@@ -173,7 +173,7 @@ def test_resume_auto_skips_checkpoints_a_crash_left_incomplete(small_world, smal
     assert problems["checkpoint-1"] is None and "no trainer_state.json" in problems["checkpoint-2"]
     assert "truncated" in problems["checkpoint-3"]
 
-    with caplog.at_level(logging.INFO, logger="streammind.train"):
+    with caplog.at_level(logging.INFO, logger="streammind.training.train"):
         assert main(["train", *_stage_args(small_world, small_tower, out, 1,
                                            ["--max_steps", "3", "--resume_from_checkpoint", "auto", *keep])]) == 0
     messages = [r.getMessage() for r in caplog.records if "resume_from_checkpoint auto" in r.getMessage()]

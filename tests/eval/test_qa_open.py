@@ -196,9 +196,9 @@ def test_end_to_end_counts_failed_judgements(tmp_path, small_world, model_dir, s
 def test_missing_judge_configuration_fails_before_the_model(monkeypatch, capsys, tmp_path):
     monkeypatch.delenv("STREAMMIND_JUDGE_BASE_URL", raising=False)
     argv = ["--dataset", "msvd", "--model", str(tmp_path / "no-model"), "--data-root", str(tmp_path), "--out", str(tmp_path / "o")]
-    assert run_command("python -m eval.qa_open", main, argv) == 2
+    assert run_command("streammind eval qa_open", main, argv) == 2
     err = capsys.readouterr().err
-    assert err.startswith("python -m eval.qa_open: error: the QA judge is not configured") and "STREAMMIND_JUDGE_BASE_URL" in err
+    assert err.startswith("streammind eval qa_open: error: the QA judge is not configured") and "STREAMMIND_JUDGE_BASE_URL" in err
 
 
 def test_end_to_end_activitynet_without_judge(tmp_path, small_world, model_dir):
