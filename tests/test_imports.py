@@ -140,8 +140,13 @@ def test_pyproject_names_every_package_folder():
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     setup = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
     listed, mapping = set(setup["packages"]), setup["package-dir"]
-    folders = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "streammind").rglob("__init__.py")}
+    folders = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "streammind").rglob("*.py") if "__pycache__" not in p.parts}
     folders |= {"streammind_eval"} | {"streammind.configs" + "".join(f".{d.name}" for d in [p]) for p in (REPO / "configs").iterdir()
                                       if p.is_dir() and p.name != "__pycache__"} | {"streammind.configs"}
     assert folders <= listed, f"missing from pyproject.toml: {sorted(folders - listed)}"
     assert mapping == {"streammind.configs": "configs", "streammind_eval": "eval"}
+
+
+def test_every_package_folder_is_a_regular_package():
+    folders = {p.parent for root in (REPO / "streammind", REPO / "eval") for p in root.rglob("*.py") if "__pycache__" not in p.parts}
+    assert sorted(str(f.relative_to(REPO)) for f in folders if not (f / "__init__.py").is_file()) == []
