@@ -230,17 +230,19 @@ def _video_end(pts: np.ndarray, last_end_s: float, fps: float) -> float:
     return last + (1.0 / fps if fps > 0 else 0.0)
 
 
-# Slack when ceiling a time to the frame grid, relative to t * fps: absorbs float noise
-# (0.7 s * 10 fps = 7.000000000000001 stays on slot 7) at any scale, while a time even a
-# microsecond past a slot moves to the next one.
+# Slack when ceiling a time to the frame grid, relative to t * fps: 1e-9 of the time itself
+# (3.6 us after an hour). It absorbs float noise (0.7 s * 10 fps = 7.000000000000001 stays on
+# slot 7) and times written with microsecond precision (1266.966967 s at 29.97 fps is slot
+# 37971), while any real offset past a slot moves to the next one.
 _GRID_REL_EPS = 1e-9
 
 
 def ceil_to_grid(time_s: float, fps: float) -> float:
     """The smallest grid time ``k / fps >= time_s`` (k >= 0): where an event at `time_s` is first seen.
 
-    ``t * fps`` within a relative 1e-9 above an integer counts as that integer (float noise,
-    not a later time).
+    ``t * fps`` within a relative 1e-9 above an integer counts as that integer (float noise or
+    rounding of the written time, not a later time): the one rule used by the annotation
+    converters and the benchmarks (COIN's segment bounds).
     """
     x = time_s * fps
     return max(math.ceil(x - _GRID_REL_EPS * max(1.0, abs(x))) / fps, 0.0)

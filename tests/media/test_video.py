@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from streammind.media import video
-from streammind.media.video import VideoDecodeError, iter_frames, probe_video, read_video, sample_grid
+from streammind.media.video import VideoDecodeError, ceil_to_grid, iter_frames, probe_video, read_video, sample_grid
 from tests.helpers import ASSETS, CLIP, CLIP_FRAMES, CLIP_HEIGHT, CLIP_WIDTH
 
 HAS_DECORD = video.decord is not None
@@ -94,6 +94,15 @@ def test_sample_grid_is_half_open_and_exact():
         sample_grid(5.0, 0.0)
     with pytest.raises(ValueError, match="start"):
         sample_grid(5.0, 2.0, start=-1.0)
+
+
+def test_ceil_to_grid_and_its_tolerance():
+    assert [ceil_to_grid(t, 2.0) for t in (0.0, 0.01, 0.5, 0.51, 1.49, -0.3, -2.0)] == [0.0, 0.5, 0.5, 1.0, 1.5, 0.0, 0.0]
+    assert ceil_to_grid(0.7, 10.0) == 0.7  # 0.7 * 10 = 7.000000000000001 in floating point
+    assert ceil_to_grid(0.3, 5.0) == 0.4
+    assert ceil_to_grid(1266.966967, 29.97) == 37971 / 29.97  # a time written to the microsecond is its slot
+    assert ceil_to_grid(0.5 + 1e-6, 2.0) == 1.0  # a microsecond past a slot is the next slot
+    assert ceil_to_grid(3600.0 + 1e-5, 2.0) == 3600.5  # 10 us after an hour too (the slack is 1e-9 of the time: 3.6 us)
 
 
 # --------------------------------------------------------------------------- real clips

@@ -15,7 +15,6 @@ import pytest
 from streammind.errors import run_command
 from streammind.training.annotation_converters import (
     EGO4D_QUERY,
-    ceil_to_grid,
     convert_ego4d,
     convert_soccernet,
     main,
@@ -49,12 +48,6 @@ PASS_B1 = [Turn(2.5, "You walk to the door.")]
 
 
 # ------------------------------------------------------------------------------ Ego4D
-
-
-def test_ceil_to_grid():
-    assert [ceil_to_grid(t, 2.0) for t in (0.0, 0.01, 0.5, 0.51, 1.49, -0.3, -2.0)] == [0.0, 0.5, 0.5, 1.0, 1.5, 0.0, 0.0]
-    assert ceil_to_grid(0.7, 10.0) == 0.7  # 0.7 * 10 = 7.000000000000001 in floating point
-    assert ceil_to_grid(0.3, 5.0) == 0.4
 
 
 def test_ego4d_all_passes():
