@@ -29,6 +29,9 @@ tests/inference/test_engine.py compares all of it with the model's plain forward
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -166,6 +169,43 @@ def attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: t
         return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=scale)
 
 
+def project_qkv(layer: nn.Module, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A layer's first half up to attention: h [b, L, D] -> rotated q [b, H, L, hd], k [b, Hkv, L, hd], v."""
+    attn = layer.self_attn
+    b, L, _ = h.shape
+    x = layer.input_layernorm(h)
+    q = attn.q_proj(x).view(b, L, -1, attn.head_dim).transpose(1, 2)
+    k = attn.k_proj(x).view(b, L, -1, attn.head_dim).transpose(1, 2)
+    v = attn.v_proj(x).view(b, L, -1, attn.head_dim).transpose(1, 2)
+    q, k = apply_rotary_pos_emb(q, k, cos, sin)
+    return q, k, v
+
+
+def finish_layer(layer: nn.Module, h: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
+    """A layer's second half from the attention output o [b, H, L, hd]: o projection, residual, MLP, residual."""
+    b, L, _ = h.shape
+    h = h + layer.self_attn.o_proj(o.transpose(1, 2).reshape(b, L, -1))
+    return h + layer.mlp(layer.post_attention_layernorm(h))
+
+
+class LayerKernels(NamedTuple):
+    """The three pieces of a layer around its cache write: as written, or compiled.
+
+    Compiling the pieces rather than the whole decoder ("regional" compilation) compiles each
+    once for all layers of a model (they share the code and shapes; the weights are inputs),
+    in seconds instead of minutes, and fuses what matters at one token per row: the norms,
+    the rotary embedding, the mask and softmax, the activations and the residual adds.
+    """
+
+    project: Callable = project_qkv
+    attend: Callable = attention
+    finish: Callable = finish_layer
+
+    @classmethod
+    def compiled(cls, mode: str | None = None) -> LayerKernels:
+        return cls(*(torch.compile(fn, mode=mode) for fn in (project_qkv, attention, finish_layer)))
+
+
 def decoder_forward(
     decoder: nn.Module,
     embeds: torch.Tensor,
@@ -173,6 +213,7 @@ def decoder_forward(
     cache: StaticKV,
     rows: torch.Tensor | slice | None = None,
     span: int | None = None,
+    kernels: LayerKernels = LayerKernels(),
 ) -> torch.Tensor:
     """Run a decoder's layers on new tokens of b rows against their slots in `cache`.
 
@@ -184,27 +225,24 @@ def decoder_forward(
         rows: [b] long slot of each row, a slice of consecutive slots, or None for slots 0..b-1.
         span: attend to (and keep positions within) the first `span` entries of each slot only
             (default: all T); short sequences in a long cache then cost what their length costs.
+        kernels: how each layer's pieces run (`LayerKernels.compiled()` for the compiled ones).
     Returns:
         [b, L, D] final hidden states (after the decoder's norm).
     """
-    b, L, _ = embeds.shape
     span = cache.length if span is None else span
     cache.bind(rows, positions, span)
     mask = attention_mask(positions, span, cache.sliding_window)  # [b, 1, L, span]
     cos, sin = decoder.rotary_emb(embeds, positions)  # [b, L, hd] each
     h = embeds
     for index, layer in enumerate(decoder.layers):
-        attn = layer.self_attn
-        x = layer.input_layernorm(h)
-        q = attn.q_proj(x).view(b, L, -1, attn.head_dim).transpose(1, 2)  # [b, H, L, hd]
-        k = attn.k_proj(x).view(b, L, -1, attn.head_dim).transpose(1, 2)  # [b, Hkv, L, hd]
-        v = attn.v_proj(x).view(b, L, -1, attn.head_dim).transpose(1, 2)
-        q, k = apply_rotary_pos_emb(q, k, cos, sin)
-        keys, values = cache.update(k, v, index)  # [b, Hkv, T, hd]
-        o = attention(q, keys, values, mask, attn.scaling)  # [b, H, L, hd]
-        h = h + attn.o_proj(o.transpose(1, 2).reshape(b, L, -1))
-        h = h + layer.mlp(layer.post_attention_layernorm(h))
+        q, k, v = kernels.project(layer, h, cos, sin)
+        keys, values = cache.update(k, v, index)  # [b, Hkv, span, hd]
+        o = kernels.attend(q, keys, values, mask, layer.self_attn.scaling)  # [b, H, L, hd]
+        h = kernels.finish(layer, h, o)
     return decoder.norm(h)
 
 
-__all__ = ["STATIC_MODEL_TYPES", "StaticKV", "attention", "attention_mask", "decoder_forward", "supports_static_decoding"]
+__all__ = [
+    "STATIC_MODEL_TYPES", "LayerKernels", "StaticKV", "attention", "attention_mask", "decoder_forward", "finish_layer",
+    "project_qkv", "supports_static_decoding",
+]

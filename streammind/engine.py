@@ -50,10 +50,11 @@ import numpy as np
 import torch
 from transformers import DynamicCache
 
-from .decoding import StaticKV, decoder_forward, supports_static_decoding
+from .decoding import LayerKernels, StaticKV, decoder_forward, supports_static_decoding
 from .gate import turn_position
 from .perception import PerceptionState
 from .sampling import memory_frames, select_tokens
+from .vision import apply_clip_layer
 
 # Prefill lengths are padded up to a multiple of this on CUDA, so that a long stream meets a
 # handful of shapes instead of one per turn length.
@@ -61,6 +62,8 @@ _PREFILL_BUCKET = 64
 # The LLM attends to its context in spans of this many positions (one decode graph per span),
 # so a conversation of n tokens costs what n tokens cost, not what `max_context_tokens` does.
 _CONTEXT_SPAN = 1024
+# `Engine(compile=...)` -> torch.compile's mode (the engine captures CUDA graphs itself).
+_COMPILE_MODES = {None: None, "default": "default", "max-autotune": "max-autotune-no-cudagraphs"}
 
 
 @dataclass
@@ -129,9 +132,15 @@ class Engine:
             in the smallest that holds b; larger calls are split).
         max_prompt_tokens: P, room for the gate's prompt (system prompt and query).
         chunk_size: frames per chunk in `push_clip`.
-        compile_vision: run the vision tower through `torch.compile` (fuses its layer norms,
-            activations and bias adds; the first call of a batch size compiles, a minute or
-            more for CLIP-L): faster frames for long-running servers, slower start-up.
+        compile: compile the layers of the per-frame path (the vision tower's, also in
+            `push_clip`, and the gate's) and of the LLM's one-token decode step with
+            `torch.compile` before they are captured: "default" fuses the many small kernels
+            of norms, rotary embeddings, masks and softmax, activations and residual adds;
+            "max-autotune" also times candidate matrix-multiply kernels for every shape. The
+            pieces of one layer are compiled, once for all layers of a model ("regional"
+            compilation: seconds to a minute per new shape, not the minutes a whole 7B model
+            takes). None (default) runs them as written. The engine captures its own CUDA
+            graphs, so torch.compile's are left off. EPFE steps and prefills are not compiled.
     """
 
     def __init__(
@@ -143,7 +152,7 @@ class Engine:
         batch_sizes: Sequence[int] = (1, 4, 16, 64),
         max_prompt_tokens: int = 512,
         chunk_size: int = 32,
-        compile_vision: bool = False,
+        compile: str | None = None,
     ):
         if max_streams < 1:
             raise ValueError(f"max_streams must be >= 1, got {max_streams}")
@@ -160,7 +169,13 @@ class Engine:
         self.chunk_size = chunk_size
         self.max_prompt_tokens = max_prompt_tokens
         self.per_frame_gate = config.gate_mode == "per_frame"
-        self.vision = torch.compile(model.vision, dynamic=True) if compile_vision else model.vision
+        if compile not in _COMPILE_MODES:
+            raise ValueError(f"compile must be one of {sorted(m for m in _COMPILE_MODES if m)} or None, got {compile!r}")
+        self.compile = compile
+        # Regional compilation: one layer's pieces, compiled once for all layers of a model.
+        mode = _COMPILE_MODES[compile]
+        self._kernels = LayerKernels.compiled(mode) if compile else LayerKernels()  # one-token steps
+        self._vision_layer = torch.compile(apply_clip_layer, mode=mode) if compile else apply_clip_layer
         self._staging: torch.Tensor | None = None  # pinned host memory the frames travel from
         self.window = config.gate_context_window  # 1 for the per-frame gate
 
@@ -271,6 +286,10 @@ class Engine:
             positions = torch.arange(len(ids), device=self.device)[None]
             decoder_forward(self.model.gate.decoder, embeds, positions, self.gate_kv, slice(slot, slot + 1))
 
+    def _vision(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pooled vision features [b, Dv] of pixels [b, 3, S, S] (layers compiled with `compile`)."""
+        return self.model.vision(pixels, run_layer=self._vision_layer)
+
     def _rows(self, slots: Sequence[int]) -> torch.Tensor:
         return torch.tensor(list(slots), dtype=torch.long, device=self.device)
 
@@ -286,7 +305,7 @@ class Engine:
         """
         model = self.model
         if features is None:
-            features = self.vision(pixels)  # [b, Dv]
+            features = self._vision(pixels)  # [b, Dv]
         ps = self.perception_state
         gather = isinstance(rows, torch.Tensor)
         if gather:
@@ -304,7 +323,7 @@ class Engine:
         # A turn context restarts after a full window (every frame in the per-frame variant).
         frames = turn_position(self.turn_frames.index_select(0, slots), self.window)
         positions = (self.prompt_length.index_select(0, slots) + frames)[:, None]  # [b, 1]
-        h = decoder_forward(model.gate.decoder, token[:, None], positions, self.gate_kv, rows)  # [b, 1, D]
+        h = decoder_forward(model.gate.decoder, token[:, None], positions, self.gate_kv, rows, kernels=self._kernels)  # [b, 1, D]
         self.turn_frames.index_copy_(0, slots, frames + 1)
         return torch.softmax(model.gate.head(h[:, -1]).float(), dim=-1)[:, 1]  # [b]
 
@@ -438,7 +457,7 @@ class Engine:
         self._conversation(slot)
         if features is None:
             pixels = self.processor.preprocess_frames(self._to_device(frames), device=self.device)  # [k, 3, S, S]
-            features = torch.cat([self.vision(chunk) for chunk in pixels.split(max(self.chunk_size, 1))])  # [k, Dv]
+            features = torch.cat([self._vision(chunk) for chunk in pixels.split(max(self.chunk_size, 1))])  # [k, Dv]
         features = torch.as_tensor(features).to(self.device, self.dtype)
         k = features.shape[0]
         state = PerceptionState(self.perception_state.conv_state[slot : slot + 1], self.perception_state.ssm_state[slot : slot + 1])
@@ -560,14 +579,27 @@ class Engine:
 
     def _llm_decode(self, conv: Conversation, token_id: int) -> int:
         """Feed one token to the held conversation; returns the greedy next id."""
-        if not (self._llm_static and self.cuda_graphs):
+        if not self._llm_static:
             return int(self._llm_extend(conv, self._embed_ids([token_id])).argmax())
-        graph, buffers = self._decode_graph(self._span(conv.llm_length + 1))
-        buffers["token"].fill_(token_id)
-        buffers["position"].fill_(conv.llm_length)
-        next_id = int(graph())
+        span = self._span(conv.llm_length + 1)
+        if self.cuda_graphs:
+            graph, buffers = self._decode_graph(span)
+            buffers["token"].fill_(token_id)
+            buffers["position"].fill_(conv.llm_length)
+            next_id = int(graph())
+        else:
+            token = torch.tensor([[token_id]], device=self.device)
+            position = torch.tensor([[conv.llm_length]], device=self.device)
+            next_id = int(self._decode_token(token, position, span))
         conv.llm_length += 1
         return next_id
+
+    def _decode_token(self, token: torch.Tensor, position: torch.Tensor, span: int) -> torch.Tensor:
+        """The LLM's greedy one-token step: token [1, 1] at position [1, 1] -> the next id [1]."""
+        lm = self.model.language_model
+        embeds = lm.get_input_embeddings()(token)  # [1, 1, D]
+        h = decoder_forward(lm.get_decoder(), embeds, position, self._llm_kv, span=span, kernels=self._kernels)
+        return lm.get_output_embeddings()(h[:, -1]).argmax(-1)
 
     def _span(self, length: int) -> int:
         """The attention span that holds `length` positions of the LLM context."""
@@ -582,14 +614,7 @@ class Engine:
             buffers = {"token": torch.zeros(1, 1, dtype=torch.long, device=self.device),
                        "position": torch.full((1, 1), span - 1, dtype=torch.long, device=self.device)}
             self._buffers[key] = buffers
-            lm = self.model.language_model
-
-            def decode_step() -> torch.Tensor:
-                embeds = lm.get_input_embeddings()(buffers["token"])  # [1, 1, D]
-                h = decoder_forward(lm.get_decoder(), embeds, buffers["position"], self._llm_kv, span=span)
-                return lm.get_output_embeddings()(h[:, -1]).argmax(-1)  # [1]
-
-            self._graphs[key] = _Graph(decode_step, self._pool)
+            self._graphs[key] = _Graph(lambda: self._decode_token(buffers["token"], buffers["position"], span), self._pool)
         return self._graphs[key], self._buffers[key]
 
     # ---- one-shot generation (offline questions) -----------------------------------------

@@ -18,7 +18,7 @@ here. Reference: docs/design.md §2 and §7.2.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -143,15 +143,20 @@ class VisionEncoder(nn.Module):
     def hidden_size(self) -> int:
         return self.clip.config.hidden_size
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """pixel_values [N, 3, S, S] -> pooled frame features [N, Dv]."""
+    def forward(self, pixel_values: torch.Tensor, run_layer: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """pixel_values [N, 3, S, S] -> pooled frame features [N, Dv].
+
+        `run_layer(layer, h)` applies one encoder layer (default `apply_clip_layer`; the
+        inference engine passes a compiled one).
+        """
+        run_layer = run_layer or apply_clip_layer
         clip = self.clip
         dtype = clip.embeddings.patch_embedding.weight.dtype
         h = clip.embeddings(pixel_values.to(dtype))  # [N, 1 + P, Dv]
         h = clip.pre_layrnorm(h)
         # Only the layers up to the selected one run; later layers would be thrown away.
         for layer in clip.encoder.layers[: self.num_layers_to_run]:
-            h = layer(h, None)
+            h = run_layer(layer, h)
         if self.pooling == "cls":
             return h[:, 0]
         patches = h[:, 1:]  # drop CLS: [N, P, Dv]
@@ -164,4 +169,9 @@ class VisionEncoder(nn.Module):
         return torch.cat([self(chunk) for chunk in pixel_values.split(chunk_size)])
 
 
-__all__ = ["FrameProcessor", "VisionEncoder"]
+def apply_clip_layer(layer: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    """One CLIP encoder layer on hidden states h [N, 1 + P, Dv] (no attention mask)."""
+    return layer(h, None)
+
+
+__all__ = ["FrameProcessor", "VisionEncoder", "apply_clip_layer"]

@@ -220,11 +220,11 @@ def realtime_capacity(model, processor, frames: np.ndarray, candidates: list[int
 # ---- c. replies -----------------------------------------------------------------------------------
 
 
-def replies(model, processor, frames: np.ndarray, turn_lengths: list[int], reps: int, others: int) -> dict:
+def replies(model, processor, frames: np.ndarray, turn_lengths: list[int], reps: int, others: int, **options) -> dict:
     """Fire -> first token per turn length, decode tokens/s, and the stall other streams see."""
     from ..engine import Engine
 
-    engine = Engine(model, processor, max_streams=others + 1)
+    engine = Engine(model, processor, max_streams=others + 1, **options)
     engine.capture(decode=True)
     device = engine.device
     slot = engine.open_stream(QUERY)
@@ -384,7 +384,7 @@ def parity(model, processor, frames: np.ndarray, n: int) -> dict:
     device = next(model.parameters()).device
     runs = {}
     for graphs in ({False, True} if device.type == "cuda" else {False}):
-        engine = Engine(model, processor, cuda_graphs=graphs)
+        engine = Engine(model, processor, cuda_graphs=graphs, compile=args.compile)
         slot = engine.open_stream(QUERY)
         probs = np.array([engine.step([slot], frame)[0] for frame in clip])
         runs[graphs] = probs, engine.turn_tokens(slot).float()
@@ -424,8 +424,8 @@ def bench_all(args) -> dict:
         "python": platform.python_version(), "cuda_graphs": cuda, "load_average_1m": _load_average(),
         "limits": limits, "floors": floors(model, limits),
     }
-    options = {"compile_vision": args.compile_vision}
-    result["compile_vision"] = args.compile_vision
+    options = {"compile": args.compile}
+    result["compile"] = args.compile
     n_live = 200 if quick else args.frames
     result["live"] = live_stream(model, processor, frames, n_live, **options)
     result["file_mode"] = file_mode(model, processor, frames, 64 if quick else 2048, chunk=16 if quick else args.chunk, **options)
@@ -434,7 +434,7 @@ def bench_all(args) -> dict:
     if not quick:
         result["real_time_30fps"] = realtime_capacity(model, processor, frames, args.realtime_candidates, **options)
     turns = [4, 10] if quick else [10, 100, 600]
-    result["replies"] = replies(model, processor, frames, turns, reps=2 if quick else 5, others=3 if quick else 16)
+    result["replies"] = replies(model, processor, frames, turns, reps=2 if quick else 5, others=3 if quick else 16, **options)
     contexts = [64, 256] if quick else [1024, 4096, 16384]
     result["per_frame_llm"] = per_frame_llm(model, contexts, tokens_per_frame=10, reps=5 if quick else 50, graphs=cuda)
     result["parity"] = parity(model, processor, frames, 16 if quick else 64)
@@ -510,7 +510,7 @@ def bench_profile(args) -> dict:
     frames = _frames(4, args.height, args.width)
     tables = {}
     for graphs in (False, True) if device.type == "cuda" else (False,):
-        engine = Engine(model, processor, cuda_graphs=graphs)
+        engine = Engine(model, processor, cuda_graphs=graphs, compile=args.compile)
         slot = engine.open_stream(QUERY)
         for i in range(20):
             engine.step([slot], frames[i % 4])
@@ -570,7 +570,7 @@ def markdown_all(r: dict) -> str:
     """The side-by-side table of `bench all`."""
     lines = [f"# StreamMind inference engine — {r['preset']}, {r['dtype']}, {r['gpu'] or 'CPU'}", "",
              f"torch {r['torch']}, transformers {r['transformers']}, CUDA graphs {'on' if r['cuda_graphs'] else 'off'}, "
-             f"vision {'compiled' if r['compile_vision'] else 'eager'} (inside the graphs), "
+             f"torch.compile {r.get('compile') or 'off'} (inside the graphs), "
              f"frames {r['frame_size'][1]}x{r['frame_size'][0]} uint8, random weights; wall time {r['wall_s']} s.", ""]
     lim, fl = r["limits"], r["floors"]
     if lim:
@@ -649,12 +649,14 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--realtime-candidates", type=int, nargs="+", default=[16, 32, 48, 64, 96, 128],
                            help="stream counts tried in the 30 fps real-time simulation")
             p.add_argument("--quick", action="store_true", help="small sizes everywhere (seconds on a CPU; checks the machinery)")
-            p.add_argument("--compile-vision", action="store_true", help="the engines' vision tower through torch.compile (see Engine)")
+            p.add_argument("--compile", choices=["default", "max-autotune"], default=None,
+                           help="the engines' per-frame path, chunked tower and decode step through torch.compile in this mode (see Engine)")
     prof = sub.add_parser("profile", help="where the time of an always-on frame and a decode step goes (torch.profiler)")
     prof.add_argument("--preset", default="streammind-7b" if default_device == "cuda" else "tiny")
     prof.add_argument("--device", default=default_device)
     prof.add_argument("--dtype", default="bfloat16" if default_device == "cuda" else "float32", choices=["float32", "bfloat16", "float16"])
     prof.add_argument("--steps", type=int, default=20)
+    prof.add_argument("--compile", choices=["default", "max-autotune"], default=None, help="as in `bench all`")
     prof.add_argument("--rows", type=int, default=25)
     prof.add_argument("--height", type=int, default=360)
     prof.add_argument("--width", type=int, default=640)

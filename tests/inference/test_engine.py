@@ -172,3 +172,39 @@ def test_gpu_graphs_equal_eager_and_preprocessing_on_the_device_equals_the_cpu(t
     assert runs[True][1] == runs[False][1]
     expected = parallel_probs(model.cpu(), processor, frames, QUERIES[0]).numpy()
     np.testing.assert_allclose(runs[True][0][:, 0], expected, atol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_compiled_layers_in_graphs_equal_the_layers_as_written(tiny_tokenizer):
+    model, processor = make_tiny(tiny_tokenizer, gate_window=6, max_reply_tokens=4)
+    compiled_against_written(model.cuda(), processor, random_frames(12, seed=11, size=64))
+
+
+def test_an_unknown_compile_mode_is_refused(tiny):
+    model, processor = tiny
+    with pytest.raises(ValueError, match="compile must be one of"):
+        Engine(model, processor, compile="fast")
+
+
+def compiled_against_written(model, processor, frames):
+    """Gate probabilities (3 streams), replies and a clip's probabilities with the layers compiled
+    and as written."""
+    runs = {}
+    for mode in (None, "default"):
+        engine = Engine(model, processor, max_streams=4, compile=mode)
+        slots = [engine.open_stream(q) for q in QUERIES]
+        probs = np.stack([engine.step(slots, [frames[i]] * 3) for i in range(len(frames))])
+        texts = [engine.respond(slot) for slot in slots]
+        clip = engine.push_clip(slots[0], frames, threshold=1.0)
+        runs[mode] = probs, texts, clip.probs
+    np.testing.assert_allclose(runs["default"][0], runs[None][0], atol=1e-4)
+    np.testing.assert_allclose(runs["default"][2], runs[None][2], atol=1e-4)
+    assert runs["default"][1] == runs[None][1]
+    return runs
+
+
+@pytest.mark.slow
+def test_compiled_layers_equal_the_layers_as_written_on_the_cpu(tiny_tokenizer):
+    model, processor = make_tiny(tiny_tokenizer, gate_window=6, max_reply_tokens=4)
+    compiled_against_written(model, processor, random_frames(8, seed=11))
