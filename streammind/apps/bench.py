@@ -376,15 +376,16 @@ def floors(model, limits: dict | None) -> dict:
 
 
 @torch.inference_mode()
-def parity(model, processor, frames: np.ndarray, n: int) -> dict:
-    """Differences of the engine (graphs where available) from the parallel forward, and from its eager mode."""
+def parity(model, processor, frames: np.ndarray, n: int, **options) -> dict:
+    """Differences of the engine (graphs where available, with `options`) from the parallel forward,
+    and from its eager mode (no graphs, nothing compiled)."""
     from ..engine import Engine
 
     clip = np.stack([frames[i % len(frames)] for i in range(n)])
     device = next(model.parameters()).device
     runs = {}
     for graphs in ({False, True} if device.type == "cuda" else {False}):
-        engine = Engine(model, processor, cuda_graphs=graphs, compile=args.compile)
+        engine = Engine(model, processor, cuda_graphs=graphs, **(options if graphs else {}))
         slot = engine.open_stream(QUERY)
         probs = np.array([engine.step([slot], frame)[0] for frame in clip])
         runs[graphs] = probs, engine.turn_tokens(slot).float()
@@ -437,7 +438,7 @@ def bench_all(args) -> dict:
     result["replies"] = replies(model, processor, frames, turns, reps=2 if quick else 5, others=3 if quick else 16, **options)
     contexts = [64, 256] if quick else [1024, 4096, 16384]
     result["per_frame_llm"] = per_frame_llm(model, contexts, tokens_per_frame=10, reps=5 if quick else 50, graphs=cuda)
-    result["parity"] = parity(model, processor, frames, 16 if quick else 64)
+    result["parity"] = parity(model, processor, frames, 16 if quick else 64, **options)
 
     from ..engine import Engine
 
