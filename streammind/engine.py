@@ -342,15 +342,30 @@ class Engine:
         return self._run_always_on(slots, "features", features)
 
     def _to_device(self, frames):
-        """uint8 frames [k, H, W, 3] as a numpy array -> the device, through pinned host memory (an
-        asynchronous copy; a pageable one is synchronous and several times slower). Other inputs
-        (lists of frames of different sizes, tensors) are left to the processor."""
-        if self.device.type != "cuda" or not isinstance(frames, np.ndarray) or frames.dtype != np.uint8:
+        """uint8 frames -> the device, through pinned host memory (an asynchronous copy; a
+        pageable one is synchronous and several times slower): a numpy array [k, H, W, 3], or a
+        list of k same-sized [H, W, 3] arrays (one frame per stream), written straight into the
+        pinned buffer so the batch is copied and preprocessed at once, not frame by frame.
+        Other inputs (frames of different sizes, tensors) are left to the processor."""
+        if self.device.type != "cuda":
             return frames
-        if self._staging is None or self._staging.numel() < frames.size:
-            self._staging = torch.empty(frames.size, dtype=torch.uint8, pin_memory=True)
-        staged = self._staging[: frames.size].view(frames.shape)
-        staged.numpy()[...] = frames
+        if isinstance(frames, np.ndarray) and frames.dtype == np.uint8:
+            shape = frames.shape
+        elif (isinstance(frames, (list, tuple)) and frames and all(isinstance(f, np.ndarray) for f in frames)
+              and all(f.dtype == np.uint8 and f.ndim == 3 and f.shape == frames[0].shape for f in frames)):
+            shape = (len(frames), *frames[0].shape)
+        else:
+            return frames
+        size = math.prod(shape)
+        if self._staging is None or self._staging.numel() < size:
+            self._staging = torch.empty(size, dtype=torch.uint8, pin_memory=True)
+        staged = self._staging[:size].view(shape)
+        host = staged.numpy()
+        if isinstance(frames, np.ndarray):
+            host[...] = frames
+        else:
+            for i, frame in enumerate(frames):
+                host[i] = frame
         # The previous call synchronised on its result, so the buffer is free to reuse.
         return staged.to(self.device, non_blocking=True)
 
