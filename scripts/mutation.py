@@ -1,0 +1,284 @@
+"""Mutation testing of the core, one module at a time, with mutmut 3 (`pip install -e '.[dev]'`).
+
+Run: scripts/mutation.sh [module ...] [--survivors] [--report PATH]
+     (no module: all of them; `scripts/mutation.sh --list` names them)
+
+For each module this copies the working tree (tracked and untracked, not ignored files) to
+runs/mutation/<module>/, appends a [tool.mutmut] table that mutates only that module's file
+and runs only that module's test files, and runs `mutmut run` there with one worker under
+`nice`. mutmut records which tests execute which function, so each mutant runs only the
+tests that reach the mutated function; a module takes one to a few minutes on two cores.
+`--survivors` keeps the workspaces, refreshes their tests/ and re-runs only the functions that
+had survivors last time (after adding tests); a module whose source changed is re-run in full.
+
+The markdown report (default runs/mutation/report.md) gives per module the number of mutants,
+killed (a test failed or timed out), survived, equivalent (listed in EQUIVALENT below, with
+the reason) and the score = killed / (mutants - equivalent), and the diff of every survivor.
+
+What is not mutated (and why):
+- lines that raise or log: the wording of a message is not behaviour we pin (the condition
+  that raises, and the exception type, are mutated as usual);
+- decorated functions (mutmut's rule: it cannot trampoline through a decorator), e.g. the
+  `@torch.inference_mode()` methods of StreamingSession; their behaviour is pinned by tests
+  that the report cannot count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+WORK = REPO / "runs" / "mutation"
+
+
+@dataclass(frozen=True)
+class Target:
+    """A module under mutation: its file, optionally only some functions, and its tests."""
+
+    path: str
+    tests: tuple[str, ...]
+    functions: tuple[str, ...] = ()  # mangled-name globs (mutmut: x_func, xǁClassǁmethod); empty = all
+    deselect: tuple[str, ...] = field(default=())
+
+
+MODULES: dict[str, Target] = {
+    "sampling": Target("streammind/sampling.py", ("tests/test_sampling.py", "tests/test_processing.py", "tests/test_model_tiny.py")),
+    "gate": Target("streammind/gate.py", ("tests/test_gate.py", "tests/test_model_tiny.py", "tests/test_streaming.py")),
+    "perception": Target("streammind/perception.py", ("tests/test_perception.py", "tests/test_model_tiny.py", "tests/test_save_load.py")),
+    "ops.selective_scan": Target("streammind/ops/selective_scan.py", ("tests/ops/test_selective_scan.py", "tests/test_perception.py")),
+    "ops.causal_conv1d": Target("streammind/ops/causal_conv1d.py", ("tests/ops/test_selective_scan.py", "tests/test_perception.py")),
+    "ops.dispatch": Target("streammind/ops/dispatch.py", ("tests/ops/test_selective_scan.py",)),
+    "processing": Target("streammind/processing.py", ("tests/test_processing.py", "tests/test_streaming.py", "tests/test_stream_dataset.py")),
+    "modeling": Target(
+        "streammind/modeling_streammind.py",
+        ("tests/test_model_tiny.py", "tests/test_streaming.py", "tests/test_save_load.py", "tests/test_convert.py"),
+    ),
+    "streaming": Target("streammind/streaming.py", ("tests/test_streaming.py",)),
+    "datasets.stream": Target("streammind/datasets/stream.py", ("tests/test_stream_dataset.py",)),
+    "datasets.collator": Target("streammind/datasets/collator.py", ("tests/test_stream_dataset.py", "tests/test_model_tiny.py")),
+    "datasets.annotations": Target("streammind/datasets/annotations.py", ("tests/datasets/test_annotations.py", "tests/test_stream_dataset.py")),
+    "datasets.video": Target(
+        "streammind/datasets/video.py",
+        ("tests/datasets/test_video.py", "tests/test_stream_dataset.py"),
+        functions=("x_sample_grid", "x__select_indices", "x__clock_steps", "x__snap_to_clock", "x__follow_grid", "x__video_end",
+                   "x__pyav_read", "x__decord_pick", "x_read_video", "x__clip_from"),
+    ),
+    "train": Target(
+        "streammind/train.py",
+        ("tests/test_train.py",),
+        functions=("x_set_trainable", "x_parse_args", "x__cli_to_dict", "x__load_yaml", "xǁModelArgumentsǁ__post_init__",
+                   "xǁStreamMindTrainingArgumentsǁ__post_init__"),
+        deselect=("tests/test_train.py::test_two_process_cpu_ddp_through_the_launcher",),
+    ),
+    "convert": Target(
+        "streammind/convert.py",
+        ("tests/test_convert.py",),
+        functions=("x__ignore_reason", "x_videollama2_key_map", "x_linear_layout", "x_original_key_map", "x__plan", "x__required",
+                   "x__original_sizes"),
+    ),
+    "eval.metrics": Target("eval/metrics.py", ("tests/eval/test_metrics.py",)),
+}
+
+# Survivors that no test can kill, with the reason (checked by reading the diff in the report).
+EQUIVALENT: dict[str, str] = {}
+
+_NOT_MUTATED = [r"^\s*raise \w+\(", r"^\s*logger\.\w+\(", r"^\s*warnings\.warn\("]
+_KILLED = {1, 3, 36, -24, 24, 152, 255, -11, -9}  # mutmut's "killed", "timeout" and "segfault"
+_SURVIVED = {0}
+
+
+def _mutmut() -> str:
+    return str(Path(sys.executable).with_name("mutmut"))
+
+
+def _toml_list(items) -> str:
+    return "[" + ", ".join(json.dumps(s) for s in items) + "]"
+
+
+def _mutmut_table(target: Target, ws: Path) -> str:
+    # A test file listed for a module may not exist yet (new tests are added over time).
+    selection = [t for t in target.tests if (ws / t).exists()] + [f"--deselect={d}" for d in target.deselect]
+    return "\n".join([
+        "",
+        "[tool.mutmut]",
+        f"source_paths = {_toml_list(['streammind', 'eval'])}",
+        f"only_mutate = {_toml_list([target.path])}",
+        f"also_copy = {_toml_list(['configs', 'scripts', 'notebooks', 'docs'])}",
+        f"pytest_add_cli_args_test_selection = {_toml_list(selection)}",
+        f"pytest_add_cli_args = {_toml_list(['-p', 'no:randomly', '-p', 'no:cacheprovider', '-q'])}",
+        f"do_not_mutate_patterns = {_toml_list(_NOT_MUTATED)}",
+        "",
+    ])
+
+
+def _tree_files() -> list[str]:
+    out = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, check=True, capture_output=True, text=True).stdout
+    return [p for p in out.splitlines() if (REPO / p).is_file()]
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else ""
+
+
+def _prepare(name: str, target: Target) -> Path:
+    """A fresh copy of the working tree with the module's mutmut table."""
+    ws = WORK / name
+    shutil.rmtree(ws, ignore_errors=True)
+    for rel in _tree_files():
+        dst = ws / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / rel, dst)
+    with open(ws / "pyproject.toml", "a") as f:
+        f.write(_mutmut_table(target, ws))
+    # tests find the shared media clips next to the repository (tests/conftest.py: MEDIA).
+    shared = REPO.parent / "shared"
+    if shared.is_dir():
+        (ws / "mutants").mkdir(exist_ok=True)
+        os.symlink(shared, ws / "shared")
+    return ws
+
+
+def _refresh_tests(ws: Path) -> None:
+    for rel in _tree_files():
+        if rel.startswith("tests/"):
+            for root in (ws, ws / "mutants"):
+                dst = root / rel
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(REPO / rel, dst)
+
+
+def _results(ws: Path, target: Target) -> dict[str, int | None]:
+    meta = ws / "mutants" / (target.path + ".meta")
+    if not meta.exists():
+        return {}
+    codes = json.loads(meta.read_text())["exit_code_by_key"]
+    if target.functions:
+        codes = {k: v for k, v in codes.items() if any(fnmatch.fnmatchcase(k.split(".")[-1], f + "__mutmut_*") for f in target.functions)}
+    return codes
+
+
+def _run(name: str, target: Target, survivors_only: bool) -> None:
+    ws = WORK / name
+    names: list[str] = []
+    if survivors_only and ws.exists() and _digest(ws / target.path) == _digest(REPO / target.path):
+        # Whole functions are re-run (a glob per function): mutmut looks a single named mutant's
+        # tests up without a default, which fails for one that no test reached before.
+        names = sorted({k.rpartition("__mutmut_")[0] + "__mutmut_*" for k, v in _results(ws, target).items() if v not in _KILLED})
+        if not names:
+            print(f"[{name}] no survivors to re-run")
+            return
+        _refresh_tests(ws)
+    else:
+        ws = _prepare(name, target)
+        module = target.path[:-3].replace("/", ".")
+        names = [f"{module}.{f}__mutmut_*" for f in target.functions]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    cmd = ["nice", "-n", "15", _mutmut(), "run", "--max-children", "1", *names]
+    print(f"[{name}] mutmut run in {ws} ({len(names)} mutants named)" if names else f"[{name}] mutmut run in {ws}")
+    with open(ws / "mutmut.log", "w") as log:
+        proc = subprocess.run(cmd, cwd=ws, env=env, stdout=log, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        print(f"[{name}] mutmut exited {proc.returncode}; see {ws / 'mutmut.log'}")
+
+
+def _diff(ws: Path, mutant: str, path: str) -> str:
+    code = (
+        "import sys; from pathlib import Path; from mutmut.mutation.diff_apply import get_diff_for_mutant;"
+        "print(get_diff_for_mutant(sys.argv[1], path=Path(sys.argv[2])))"
+    )
+    out = subprocess.run([sys.executable, "-c", code, mutant, path], cwd=ws, capture_output=True, text=True)
+    return out.stdout.strip() or out.stderr.strip()
+
+
+def _commit() -> str:
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    return head + ("+dirty" if dirty else "")
+
+
+def report(modules: list[str], out: Path) -> float | None:
+    rows, sections = [], []
+    total_killed = total_counted = 0
+    for name in modules:
+        target, ws = MODULES[name], WORK / name
+        codes = _results(ws, target)
+        if not codes:
+            rows.append(f"| {name} | not run | | | | |")
+            continue
+        killed = [k for k, v in codes.items() if v in _KILLED]
+        equivalent = [k for k, v in codes.items() if v in _SURVIVED and k in EQUIVALENT]
+        left = [k for k, v in codes.items() if v not in _KILLED and k not in equivalent]
+        counted = len(codes) - len(equivalent)
+        total_killed += len(killed)
+        total_counted += counted
+        score = 100.0 * len(killed) / counted if counted else 100.0
+        rows.append(f"| {name} | {len(codes)} | {len(killed)} | {len(left)} | {len(equivalent)} | {score:.1f} % |")
+        if left or equivalent:
+            sections.append(f"### {name}\n")
+            for k in sorted(left, key=_mutant_order):
+                status = "survived" if codes[k] in _SURVIVED else f"exit code {codes[k]}"
+                sections.append(f"- `{k}` ({status})\n\n```diff\n{_diff(ws, k, target.path)}\n```\n")
+            for k in sorted(equivalent, key=_mutant_order):
+                sections.append(f"- `{k}` (equivalent: {EQUIVALENT[k]})\n\n```diff\n{_diff(ws, k, target.path)}\n```\n")
+    overall = 100.0 * total_killed / total_counted if total_counted else None
+    lines = [
+        f"# Mutation report ({date.today().isoformat()}, commit {_commit()})",
+        "",
+        "mutmut 3, one module at a time with its own tests (scripts/mutation.sh). Score = killed / (mutants - equivalent).",
+        "",
+        "| module | mutants | killed | left | equivalent | score |",
+        "|---|---:|---:|---:|---:|---:|",
+        *rows,
+        "",
+        f"Overall: {total_killed} / {total_counted} = {overall:.1f} %" if overall is not None else "Overall: nothing run",
+        "",
+        "## Mutants not killed",
+        "",
+        *sections,
+    ]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines))
+    print(f"report: {out} (overall {overall:.1f} %)" if overall is not None else f"report: {out}")
+    return overall
+
+
+def _mutant_order(name: str) -> tuple[str, int]:
+    base, _, number = name.rpartition("__mutmut_")
+    return base, int(number) if number.isdigit() else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("modules", nargs="*", help=f"modules to mutate (default: all): {', '.join(MODULES)}")
+    parser.add_argument("--survivors", action="store_true", help="re-run only the functions with survivors last time (after adding tests)")
+    parser.add_argument("--report", type=Path, default=WORK / "report.md", help="where to write the markdown report")
+    parser.add_argument("--report-only", action="store_true", help="write the report from the last runs, run nothing")
+    parser.add_argument("--list", action="store_true", help="list the modules and their tests")
+    args = parser.parse_args(argv)
+    if args.list:
+        for name, t in MODULES.items():
+            print(f"{name:22s} {t.path:38s} {' '.join(t.tests)}")
+        return 0
+    unknown = [m for m in args.modules if m not in MODULES]
+    if unknown:
+        parser.error(f"unknown module(s) {unknown}; choose from {list(MODULES)}")
+    modules = args.modules or list(MODULES)
+    if not args.report_only:
+        for name in modules:
+            _run(name, MODULES[name], args.survivors)
+    report([m for m in MODULES if (WORK / m).exists()] if args.report_only and not args.modules else modules, args.report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
