@@ -20,6 +20,7 @@ Reference: SPEC §5, STYLE §4.2 and §4.7.
 from __future__ import annotations
 
 import fnmatch
+import gc
 import logging
 import re
 import sys
@@ -237,6 +238,13 @@ def apply_lora(model, model_args: ModelArguments) -> None:
 
 def main(argv: list[str] | None = None) -> str:
     """Train one stage; returns the output directory (holding the final model)."""
+    out = _train_stage(argv)
+    _destroy_process_group()  # after _train_stage returned, so that its Trainer can be collected
+    return out
+
+
+def _train_stage(argv: list[str] | None) -> str:
+    """`main` up to the end of training and saving."""
     model_args, data_args, args, resolved = parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.process_index == 0 else logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     if args.stage == 2 and model_args.init_from is None:
@@ -287,6 +295,24 @@ def main(argv: list[str] | None = None) -> str:
     if skipped:
         logger.warning("skipped samples by reason: %s", dict(skipped))
     return str(out)
+
+
+def _destroy_process_group() -> None:
+    """Tear torch.distributed down, if the Trainer started it, before the interpreter exits.
+
+    The Trainer never destroys the process group it joins. Left to interpreter shutdown, a
+    gloo worker thread may still be freeing the tensors of the last collective, which needs
+    the GIL, and the worker aborts ("terminate called without an active exception"). Destroying
+    the group while the DDP wrapper is alive is no better: the group then dies with the
+    wrapper's reducer, whose destructor joins the gloo threads while holding the GIL, a
+    deadlock. So the finished Trainer and its DDP wrapper are collected first; the group's
+    last reference is then dropped by torch's Python binding, which releases the GIL while
+    the threads are joined.
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    gc.collect()
+    torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
