@@ -17,8 +17,8 @@ Bounded state, documented budgets:
 - gate: the prompt plus at most `gate_window` frames (the turn context restarts after that);
 - LLM: the conversation cache stays within `max_context_tokens`; when a new turn would
   exceed it, the oldest turns are evicted and the cache is rebuilt from the system prompt,
-  the current query and the newest turns that fit (amortised: this happens once per many
-  turns, never per frame).
+  the current query and the newest turns that fit in half the budget (or less, so that the
+  new turn fits too; amortised: this happens once per many turns, never per frame).
 
 A session owns all of its state; `reset()` clears it between videos (the released code
 never did). The streaming path computes the same perception tokens and gate probabilities
@@ -177,11 +177,17 @@ class StreamingSession:
         return out.logits[0, -1]
 
     def _rebuild_context(self, budget: int) -> None:
-        """Evict the oldest turns until the kept ones fit `budget` tokens, and re-prefill them."""
+        """Evict the oldest turns until the kept ones fit `budget` tokens, and re-prefill them.
+
+        The oldest kept turn re-opens the conversation (BOS, system prompt, its user text or
+        else the query), so each candidate is counted with that opening as if it were the oldest.
+        """
         kept, total = [], 0
         for turn in reversed(self.turns):
-            size = len(self.processor.encode_turn_prefix(turn.user, turn.video_tokens.shape[0], first=False)) + len(turn.reply_ids)
-            if total + size > budget:
+            k = turn.video_tokens.shape[0]
+            size = len(self.processor.encode_turn_prefix(turn.user, k, first=False)) + len(turn.reply_ids)
+            opening = len(self.processor.encode_turn_prefix(turn.user or self.query, k, first=True)) - (size - len(turn.reply_ids))
+            if total + size + opening > budget:
                 break
             kept.append(turn)
             total += size
@@ -201,8 +207,9 @@ class StreamingSession:
         first = self.llm_length == 0
         user = self.pending_user if not first else (self.pending_user or self.query)
         prefix = self._turn_embeddings(user, video_tokens, first=first)
-        if self.llm_length + prefix.shape[1] + self.max_new_tokens + 1 > self.config.max_context_tokens:
-            self._rebuild_context(self.config.max_context_tokens // 2)
+        need = prefix.shape[1] + self.max_new_tokens + 1  # this turn: prefix, the longest reply, EOS
+        if self.llm_length + need > self.config.max_context_tokens:
+            self._rebuild_context(min(self.config.max_context_tokens // 2, self.config.max_context_tokens - need))
             first = self.llm_length == 0
             prefix = self._turn_embeddings(user if not first else (user or self.query), video_tokens, first=first)
         logits = self._llm(prefix)

@@ -131,3 +131,121 @@ def test_query_joins_mid_stream(tiny):
     for i, frame in enumerate(frames[2:], start=2):
         session.push(frame, i / 2)
     assert session.stats.frames == 4
+
+
+def test_a_long_turn_streams_the_same_tokens_as_the_parallel_path(tiny_tokenizer):
+    """The gate first fires after more than max_turn_frames frames: the reply reads the same
+    sampled tokens as `select_turn_tokens` over the parallel perception tokens."""
+    model, processor = make_tiny(tiny_tokenizer, max_turn_frames=4, sampling_ratio=0.5, max_reply_tokens=2)
+    frames = random_frames(12, seed=13)
+    probe = StreamingSession(model, processor, query=QUERY, threshold=1.0)
+    stream(probe, frames)
+    probs = probe.stats.probs
+    # The first frame past the bound whose p(respond) beats every earlier frame's.
+    fire = next(f for f in range(5, len(frames)) if probs[f] > max(probs[:f]))
+    session = StreamingSession(model, processor, query=QUERY, threshold=max(probs[:fire]))
+    replies = stream(session, frames[: fire + 1])
+    assert [r.frame_index for r in replies] == [fire]
+    tokens, _ = parallel_reference(model, processor, frames[: fire + 1])
+    with torch.no_grad():
+        expected = model.select_turn_tokens(tokens[None], torch.tensor([[fire + 1]]))[0]
+    streamed = session.turns[0].video_tokens
+    assert streamed.shape == expected.shape == (processor.placeholders_for(fire + 1), model.config.hidden_size)
+    assert (streamed - expected).abs().max() <= 1e-5
+
+
+def test_per_frame_gate_streams_the_parallel_probabilities(tiny_tokenizer):
+    """In per-frame mode the gate reads only the newest token: streamed p(respond) equals the
+    parallel per-frame logits (a turn context would make later frames differ)."""
+    model, processor = make_tiny(tiny_tokenizer, gate_mode="per_frame", max_reply_tokens=2)
+    frames = random_frames(6, seed=17)
+    probe = StreamingSession(model, processor, query=QUERY, threshold=1.0)
+    stream(probe, frames)
+    pixels = processor.preprocess_frames(frames)[None]
+    with torch.no_grad():
+        tokens = model.get_perception_tokens(pixel_values=pixels)
+        logits = model.gate_logits(tokens, torch.ones(1, 6, dtype=torch.bool), None, None)
+    expected = logits.softmax(-1)[0, :, 1]
+    assert (torch.tensor(probe.stats.probs) - expected).abs().max() <= 1e-5
+
+
+def reference_dialogue(model, processor, frames, events, max_new, budget):
+    """The replies a stream should give when the gate fires on every frame, rebuilt from the
+    processor's turn rendering and full LLM passes (no cache): `events` is a list of frames
+    and query strings in arrival order. Each turn holds the user text that arrived since the
+    last reply (the query on the first turn), its frame's token, the greedy reply and EOS. When
+    the next turn would not fit `budget` tokens with a full reply, the oldest turns are dropped
+    until the kept ones fit half the budget, and the oldest kept turn re-opens the
+    conversation (BOS, system prompt, its user text or else the current query)."""
+    pixels = processor.preprocess_frames(np.stack([e for e in events if not isinstance(e, str)]))[None]
+    tokens = model.get_perception_tokens(pixel_values=pixels)[0]
+    embed = model.language_model.get_input_embeddings()
+    eos = processor.eos_token_id
+    turns, replies, query, pending, frame = [], [], None, None, 0
+    for event in events:
+        if isinstance(event, str):
+            query, pending = event, event if pending is None else f"{pending}\n{event}"
+            continue
+        video = tokens[frame : frame + 1]
+        frame += 1
+
+        def render(kept, user, first_is_new):
+            parts = []
+            for j, (u, v, r) in enumerate(kept):
+                ids = processor.encode_turn_prefix(u if j > 0 else (u or query), 1, first=j == 0)
+                parts += [model.merge_video_tokens(torch.tensor([ids]), v), embed(torch.tensor([r]))]
+            ids = processor.encode_turn_prefix(user, 1, first=first_is_new)
+            return parts, model.merge_video_tokens(torch.tensor([ids]), video)
+
+        user = pending if turns else (pending or query)
+        parts, prefix = render(turns, user, not turns)
+        length = sum(p.shape[1] for p in parts)
+        need = prefix.shape[1] + max_new + 1
+        if length + need > budget:
+            kept, total = [], 0
+            for u, v, r in reversed(turns):
+                size = len(processor.encode_turn_prefix(u, 1, first=False)) + len(r)
+                opening = len(processor.encode_turn_prefix(u or query, 1, first=True)) - len(processor.encode_turn_prefix(u, 1, first=False))
+                if total + size + opening > min(budget // 2, budget - need):
+                    break
+                kept.insert(0, (u, v, r))
+                total += size
+            turns = kept
+            user = user if turns else (user or query)
+            parts, prefix = render(turns, user, not turns)
+        context = torch.cat(parts + [prefix], dim=1)
+        generated = []
+        while True:
+            next_id = int(model.language_model(inputs_embeds=context).logits[0, -1].argmax())
+            if next_id == eos or len(generated) >= max_new:
+                break
+            generated.append(next_id)
+            context = torch.cat([context, embed(torch.tensor([[next_id]]))], dim=1)
+        turns.append((user, video, generated + [eos]))
+        replies.append(processor.decode(generated))
+        pending = None
+    return replies
+
+
+def test_streamed_dialogue_equals_the_rendered_conversation(tiny_tokenizer):
+    """Replies, user texts across turns, mid-stream queries and context eviction, against the
+    processor's rendering run without a cache."""
+    model, processor = make_tiny(tiny_tokenizer, max_context_tokens=150, max_reply_tokens=3)
+    frames = random_frames(9, seed=19)
+    events = [frames[0], frames[1], "Now say when it turns red.", "And when it stops.", frames[2], frames[3], frames[4],
+              "Count the shapes.", *frames[5:]]
+    session = StreamingSession(model, processor, query=QUERY, threshold=0.0)
+    streamed, t = [], 0
+    for event in events:
+        if isinstance(event, str):
+            session.add_query(event)
+        else:
+            reply = session.push(event, t / 2)
+            assert reply is not None and reply.frame_index == t and reply.time == t / 2
+            streamed.append(reply.text)
+            t += 1
+    assert session.stats.llm_rebuilds >= 2 and session.stats.replies == 9 == session.stats.frames
+    assert session.llm_length <= 150
+    with torch.no_grad():
+        expected = reference_dialogue(model, processor, frames, [QUERY, *events], max_new=3, budget=150)
+    assert streamed == expected
