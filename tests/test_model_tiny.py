@@ -151,3 +151,33 @@ def test_gate_init_from_llm_copies_layers_and_checks_width(tiny_tokenizer):
                                                        "vocab_size": 600, "sliding_window": None})
     with pytest.raises(ValueError, match="layers"):
         init_gate_from_llm(narrow)
+
+
+def test_long_turns_keep_their_newest_frames(tiny_tokenizer):
+    """A turn longer than max_turn_frames reaches the LLM through its newest frames only,
+    as the streaming memory drops the oldest; shorter turns keep all of theirs."""
+    model, processor = make_tiny(tiny_tokenizer, max_turn_frames=3, sampling="all")
+    D = model.config.hidden_size
+    tokens = torch.arange(2 * 10 * D, dtype=torch.float32).view(2, 10, D)
+    turn_ends = torch.tensor([[2, 8, 10], [6, -1, -1]])
+    out = model.select_turn_tokens(tokens, turn_ends)
+    # Video 0: [0, 2) whole; [2, 8) -> its newest three, 5..7; [8, 10) whole. Video 1: [0, 6) -> 3..5.
+    assert torch.equal(out[0], tokens[0, [0, 1, 5, 6, 7, 8, 9]])
+    assert torch.equal(out[1], tokens[1, [3, 4, 5]])
+    assert [processor.placeholders_for(n) for n in (2, 6, 2)] == [2, 3, 2]
+
+
+def test_long_turns_are_sampled_after_the_memory_bound(tiny_tokenizer):
+    """Sampling picks among the kept frames: an old frame identical to the newest, but beyond
+    the bound, is not chosen; the count is that of the bounded turn."""
+    model, processor = make_tiny(tiny_tokenizer, max_turn_frames=4, sampling="similarity", sampling_ratio=0.5)
+    D = model.config.hidden_size
+    g = torch.Generator().manual_seed(0)
+    turn = torch.randn(7, D, generator=g)
+    turn[0] = turn[6]  # outside the newest four
+    turn[4] = turn[6] + 0.01 * torch.randn(D, generator=g)  # inside, nearly the newest
+    out = model.select_turn_tokens(turn[None], torch.tensor([[7]]))[0]
+    assert processor.placeholders_for(7) == 2 == out.shape[0]
+    assert torch.equal(out, turn[[4, 6]])
+    # No turns: nothing for the LLM.
+    assert model.select_turn_tokens(turn[None], torch.tensor([[-1]]))[0].shape == (0, D)
