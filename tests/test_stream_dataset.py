@@ -11,10 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from streammind.datasets.annotations import load_annotations
+from streammind.datasets.annotations import StreamAnnotation, Turn, load_annotations
 from streammind.datasets.collator import StreamCollator
 from streammind.datasets.stream import BadSample, FeatureCache, StreamDataset, turn_end_frames, vision_cache_key
+from streammind.datasets.video import av
 from tests.conftest import make_tiny
+from tests.datasets.test_video import _encode
+
+HAS_AV = av is not None
 
 
 def test_turn_end_frames_rule():
@@ -106,3 +110,146 @@ def test_feature_cache_round_trip_and_key(small_world, tiny_tokenizer, tmp_path,
     assert vision_cache_key(other) != key
     pooled, _ = make_tiny(tiny_tokenizer, frame_pooling="max")  # the tiny preset pools by mean
     assert vision_cache_key(pooled) != vision_cache_key(make_tiny(tiny_tokenizer)[0])
+
+
+@pytest.mark.skipif(not HAS_AV, reason="PyAV is needed to encode the test clip")
+def test_a_window_from_a_non_zero_start_picks_frames_and_turns_by_timestamp(tiny_tokenizer, tmp_path):
+    """Frames at start + k / fps, each the last frame shown at that time; turns end on those frames.
+
+    The clip has 20 frames at 7 fps, frame i a flat gray level encoding i. A record covering
+    [1.0, 2.5) sampled at 2 fps reads the times 1.0, 1.5, 2.0, i.e. frames floor(7 t) = 7, 10,
+    14. A turn at 1.5 s ends on the second of them, one at 2.2 s on the third.
+    """
+    _, processor = make_tiny(tiny_tokenizer)
+    _encode(tmp_path / "clip.mp4")
+    record = StreamAnnotation(video="clip.mp4", query="Tell me when it gets brighter.", start=1.0, end=2.5,
+                              turns=[Turn(time=1.5, text="Brighter."), Turn(time=2.2, text="Brighter again.")])
+    ex = StreamDataset([record], tmp_path, processor, stage="both", fps=2.0)[0]
+    assert ex["turn_ends"] == [2, 3]
+    assert ex["gate_labels"] == [0, 1, 1]
+    assert _levels(processor, ex["pixel_values"]) == [7, 10, 14]
+    # Stage 1 keeps the frames up to the last turn; each turn's placeholders count its own frames.
+    s1 = StreamDataset([record], tmp_path, processor, stage=1, fps=2.0)[0]
+    assert s1["pixel_values"].shape[0] == 3
+    n_video = s1["input_ids"].count(processor.video_token_id)
+    assert n_video == processor.placeholders_for(2) + processor.placeholders_for(1)
+
+
+def test_turn_end_frames_boundaries():
+    times = np.array([1.0, 1.5, 2.0])  # a window starting at 1.0 s
+    assert turn_end_frames(times, [1.0 - 1e-7, 1.5, 2.5]) == [1, 2, 3]  # slack at the start; up to last + step
+    with pytest.raises(BadSample, match="before the first frame"):
+        turn_end_frames(times, [0.99])
+    with pytest.raises(BadSample, match="past the video's end"):
+        turn_end_frames(times, [2.5 + 1e-5])
+    # One frame: no step to bound the end by, so any later turn ends on it.
+    assert turn_end_frames(np.array([2.0]), [2.0]) == [1]
+    assert turn_end_frames(np.array([2.0]), [99.0]) == [1]
+    with pytest.raises(BadSample, match="same frame"):
+        turn_end_frames(np.array([2.0]), [2.0, 3.0])
+
+
+def _clip_records(tmp_path):
+    """Three records over one 20-frame 7 fps clip (frame i is gray level i), different windows."""
+    _encode(tmp_path / "clip.mp4")
+    return [
+        StreamAnnotation(video="clip.mp4", query="First query.", turns=[Turn(0.5, "One."), Turn(1.0, "Two.")]),
+        StreamAnnotation(video="clip.mp4", query="Second query.", start=1.0, turns=[Turn(1.5, "Three.")]),
+        StreamAnnotation(video="clip.mp4", query="Third query.", start=2.0, turns=[Turn(2.5, "Four.")]),
+    ]
+
+
+def _levels(processor, pixel_values):
+    """The frame numbers of flat gray clip frames: undo the normalisation at the image centre
+    (inside the padded square) and invert the gray level."""
+    mean, std = processor.config.image_mean[0], processor.config.image_std[0]
+    size = pixel_values.shape[-1]
+    return [int(round(((float(v) * std + mean) * 255 - 8) / 6)) for v in pixel_values[:, 0, size // 2, size // 2]]
+
+
+@pytest.mark.skipif(not HAS_AV, reason="PyAV is needed to encode the test clip")
+def test_stages_give_their_own_keys_and_frames(tiny_tokenizer, tmp_path):
+    _, processor = make_tiny(tiny_tokenizer)
+    records = _clip_records(tmp_path)
+    default = StreamDataset(records, tmp_path, processor, fps=2.0)[0]  # stage 1 by default
+    assert set(default) == {"pixel_values", "input_ids", "labels", "turn_ends"}
+    assert default["turn_ends"] == [2, 3] and default["pixel_values"].shape[0] == 3  # frames up to the last turn
+    assert tiny_tokenizer.decode(default["input_ids"]).count("First query.") == 1  # the query opens turn 0 only
+    gate = StreamDataset(records, tmp_path, processor, stage=2, fps=2.0)[0]
+    assert set(gate) == {"pixel_values", "gate_labels", "gate_prompt_ids"}
+    assert gate["gate_labels"] == [0, 1, 1, 0, 0, 0]  # all 6 frames of the 20/7 s clip at 2 fps
+    assert gate["gate_prompt_ids"] == processor.encode_gate_prompt("First query.")
+    assert _levels(processor, gate["pixel_values"]) == [0, 3, 7, 10, 14, 17]
+
+
+@pytest.mark.skipif(not HAS_AV, reason="PyAV is needed to encode the test clip")
+def test_decoded_and_feature_caches_keep_windows_apart(tiny_tokenizer, tmp_path, monkeypatch):
+    model, processor = make_tiny(tiny_tokenizer)
+    records = _clip_records(tmp_path)
+    plain = StreamDataset(records, tmp_path, processor, stage=2, fps=2.0)
+    expected = [plain[i]["pixel_values"] for i in range(3)]
+    assert [_levels(processor, e)[0] for e in expected] == [0, 7, 14]
+    import streammind.datasets.stream as stream_module
+
+    calls = []
+    real_read = stream_module.read_video
+    monkeypatch.setattr(stream_module, "read_video", lambda *a, **k: calls.append(k["start"]) or real_read(*a, **k))
+    cached = StreamDataset(records, tmp_path, processor, stage=2, fps=2.0, cache_decoded=True)
+    for _ in range(2):
+        for i in range(3):
+            assert torch.equal(cached[i]["pixel_values"], expected[i])
+    assert calls == [None, 1.0, 2.0]  # each clip decoded once
+    calls.clear()
+    uncached = StreamDataset(records, tmp_path, processor, stage=2, fps=2.0)
+    uncached[0], uncached[0]
+    assert calls == [None, None]  # no cache by default
+    # Pooled features on disk, under a nested root that does not exist yet: one file per window.
+    cache = FeatureCache(tmp_path / "cache" / "nested", vision_cache_key(model))
+    with_features = StreamDataset(records, tmp_path, processor, stage=2, fps=2.0, feature_cache=cache, encoder=model.vision.encode_frames)
+    with torch.no_grad():
+        first = [with_features[i]["frame_features"] for i in range(3)]
+        again = [with_features[i]["frame_features"] for i in range(3)]
+        for i in range(3):
+            assert torch.equal(first[i], again[i])
+            assert torch.allclose(first[i], model.vision(expected[i]), atol=1e-6)
+    assert len(list((tmp_path / "cache").rglob("*.pt"))) == 3
+    features, times = cache.load(str(tmp_path / "clip.mp4"), 2.0, 1.0, None)
+    assert times.dtype == np.float64 and times.tolist() == [1.0, 1.5, 2.0, 2.5] and torch.equal(features, first[1])
+    assert cache.load(str(tmp_path / "clip.mp4"), 2.0, 1.0, 2.6) is None  # another window is another entry
+
+
+@pytest.mark.skipif(not HAS_AV, reason="PyAV is needed to encode the test clip")
+def test_turns_may_end_one_frame_period_after_the_video(tiny_tokenizer, tmp_path):
+    _, processor = make_tiny(tiny_tokenizer)
+    _encode(tmp_path / "clip.mp4")
+    duration = 20 / 7
+
+    def kept(t):
+        record = StreamAnnotation(video="clip.mp4", query="Q.", turns=[Turn(t, "Late.")])
+        return len(StreamDataset([record], tmp_path, processor, fps=2.0, on_error="skip"))
+
+    assert kept(duration) == 1 and kept(duration + 0.5) == 1
+    assert kept(duration + 0.5 + 1e-5) == 0
+
+
+@pytest.mark.skipif(not HAS_AV, reason="PyAV is needed to encode the test clip")
+def test_a_sample_that_breaks_later_is_counted_and_replaced_by_the_next(tiny_tokenizer, tmp_path, caplog):
+    _, processor = make_tiny(tiny_tokenizer)
+    records = _clip_records(tmp_path)
+    import shutil
+
+    for i, rec in enumerate(records):
+        shutil.copy(tmp_path / "clip.mp4", tmp_path / f"clip{i}.mp4")
+        rec.video = f"clip{i}.mp4"
+    ds = StreamDataset(records, tmp_path, processor, fps=2.0, on_error="skip")
+    second = ds[1]
+    (tmp_path / "clip0.mp4").write_bytes(b"broken after validation")
+    replaced = ds[0]
+    assert replaced["input_ids"] == second["input_ids"] and replaced["turn_ends"] == second["turn_ends"]
+    assert dict(ds.skipped) == {"undecodable_video": 1}
+    ds[0]
+    assert dict(ds.skipped) == {"undecodable_video": 2}
+    strict = StreamDataset(records[1:], tmp_path, processor, fps=2.0)
+    (tmp_path / "clip1.mp4").write_bytes(b"broken too")
+    with pytest.raises(BadSample, match="clip1.mp4"):
+        strict[0]
