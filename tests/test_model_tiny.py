@@ -181,3 +181,75 @@ def test_long_turns_are_sampled_after_the_memory_bound(tiny_tokenizer):
     assert torch.equal(out, turn[[4, 6]])
     # No turns: nothing for the LLM.
     assert model.select_turn_tokens(turn[None], torch.tensor([[-1]]))[0].shape == (0, D)
+
+
+def test_forward_gate_outputs_follow_the_batch(tiny_tokenizer):
+    """forward's gate logits are those of `gate_logits` with the batch's labels (teacher
+    forcing), its prompt mask and frame mask; no frame mask means every frame is real; the
+    loss uses the configured kind and focusing parameter."""
+    from streammind.gate import gate_loss
+
+    model, processor = make_tiny(tiny_tokenizer, gate_loss="focal", gate_focal_gamma=3.0, gate_window=100)
+    batch, (a, _) = batch_of_two(processor)
+    with torch.no_grad():
+        out = model(**batch)
+        tokens = out.perception_tokens
+        expected = model.gate_logits(tokens, batch["frame_mask"], batch["gate_labels"], batch["gate_prompt_ids"], batch["gate_prompt_mask"])
+        # By hand: the prompts without their padding, and the turn reset after each respond label.
+        prompts = [ids[mask.bool()] for ids, mask in zip(batch["gate_prompt_ids"], batch["gate_prompt_mask"])]
+        unpadded = model.gate_logits(tokens[1:, :5], torch.ones(1, 5, dtype=torch.bool), batch["gate_labels"][1:, :5], prompts[1][None])
+    assert torch.equal(out.gate_logits, expected)
+    assert torch.allclose(out.gate_logits[1, :5], unpadded[0], atol=1e-5)
+    labels = batch["gate_labels"]
+    assert out.gate_loss.item() == pytest.approx(gate_loss(expected, labels, [0.15, 0.85], "focal", gamma=3.0).item(), rel=1e-6)
+    assert out.gate_loss.item() != pytest.approx(gate_loss(expected, labels, [0.15, 0.85], "focal", gamma=2.0).item(), rel=1e-3)
+    # Without labels the gate sees one turn; teacher forcing changes the logits after a respond frame.
+    with torch.no_grad():
+        free = model(**{k: v for k, v in batch.items() if k != "gate_labels"}, compute_gate=True).gate_logits
+    first_respond = int((labels[0] == 1).nonzero()[0, 0])
+    assert torch.allclose(free[0, : first_respond + 1], out.gate_logits[0, : first_respond + 1], atol=1e-5)
+    assert not torch.allclose(free[0, first_respond + 1 :], out.gate_logits[0, first_respond + 1 :], atol=1e-3)
+    single = {k: v for k, v in StreamCollator(processor.pad_token_id)([a]).items() if k != "frame_mask"}
+    with torch.no_grad():
+        assert torch.equal(model(**single).gate_logits, model(**single, frame_mask=torch.ones(1, 9, dtype=torch.bool)).gate_logits)
+
+
+def test_vision_gradients_only_when_the_tower_trains(tiny):
+    model, processor = tiny
+    pixels = torch.randn(1, 2, 3, 32, 32)
+    for p in model.vision.parameters():
+        p.requires_grad_(False)
+    assert not model.get_frame_features(pixels).requires_grad
+    for p in model.vision.parameters():
+        p.requires_grad_(True)
+    assert model.get_frame_features(pixels).requires_grad
+    with torch.no_grad():
+        assert not model.get_frame_features(pixels).requires_grad
+
+
+def test_a_bf16_model_takes_fp32_features_and_tokens(tiny):
+    model, processor = tiny
+    model = model.to(torch.bfloat16)
+    features = torch.randn(1, 3, model.config.vision_dim)
+    tokens = model.get_perception_tokens(frame_features=features)
+    assert tokens.dtype == torch.bfloat16
+    ids = torch.tensor([processor.encode_turn_prefix("hi", 2, first=True)])
+    video = torch.randn(2, model.config.hidden_size)
+    embeds = model.merge_video_tokens(ids, video)
+    assert embeds.dtype == torch.bfloat16 and torch.equal(embeds[ids == processor.video_token_id], video.to(torch.bfloat16))
+
+
+def test_fresh_weights_follow_the_initialisation_scheme(tiny):
+    """Our own Linear layers ~ N(0, initializer_range) with zero bias, LayerNorms at (1, 0), and
+    the mixer's Mamba scheme (A = -(1..N), D = 1) kept over the generic one."""
+    model, _ = tiny
+    std = model.config.text_config.initializer_range
+    for linear in (model.perception.pre_proj, model.perception.post_proj, model.gate.head):
+        w = linear.weight.detach()
+        assert abs(float(w.mean())) < 0.2 * std and 0.9 * std < float(w.std()) < 1.1 * std, linear
+        assert torch.equal(linear.bias.detach(), torch.zeros_like(linear.bias))
+    assert torch.equal(model.perception.norm_f.weight.detach(), torch.ones_like(model.perception.norm_f.weight))
+    mixer = model.perception.block.mixer
+    N = mixer.d_state
+    assert torch.allclose(-torch.exp(mixer.A_log.detach()), -torch.arange(1, N + 1, dtype=torch.float32).expand(mixer.d_inner, N))
+    assert torch.equal(mixer.D.detach(), torch.ones(mixer.d_inner))
