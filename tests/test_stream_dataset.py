@@ -253,3 +253,35 @@ def test_a_sample_that_breaks_later_is_counted_and_replaced_by_the_next(tiny_tok
     (tmp_path / "clip1.mp4").write_bytes(b"broken too")
     with pytest.raises(BadSample, match="clip1.mp4"):
         strict[0]
+
+
+def test_collator_pads_every_key_by_value():
+    collate = StreamCollator(pad_token_id=3)
+    a = dict(frame_features=torch.ones(3, 2), input_ids=[5, 6, 7], labels=[-100, 6, 7], turn_ends=[1, 3],
+             gate_labels=[0, 0, 1], gate_prompt_ids=[1, 9])
+    b = dict(frame_features=torch.full((1, 2), 2.0), input_ids=[8], labels=[8], turn_ends=[1], gate_labels=[1], gate_prompt_ids=[1, 9, 9, 4])
+    batch = collate([a, b])
+    assert set(batch) == {"frame_features", "frame_mask", "input_ids", "labels", "attention_mask", "turn_ends", "gate_labels",
+                          "gate_prompt_ids", "gate_prompt_mask"}
+    assert torch.equal(batch["frame_features"], torch.tensor([[[1.0, 1.0]] * 3, [[2.0, 2.0], [0.0, 0.0], [0.0, 0.0]]]))
+    assert torch.equal(batch["frame_mask"], torch.tensor([[True, True, True], [True, False, False]]))
+    expected = {
+        "input_ids": [[5, 6, 7], [8, 3, 3]],
+        "labels": [[-100, 6, 7], [8, -100, -100]],
+        "attention_mask": [[1, 1, 1], [1, 0, 0]],
+        "turn_ends": [[1, 3], [1, -1]],
+        "gate_labels": [[0, 0, 1], [1, -100, -100]],
+        "gate_prompt_ids": [[1, 9, 3, 3], [1, 9, 9, 4]],
+        "gate_prompt_mask": [[1, 1, 0, 0], [1, 1, 1, 1]],
+    }
+    for key, value in expected.items():
+        assert batch[key].dtype == torch.long and batch[key].tolist() == value, key
+    # Per-frame gate mode: empty prompts collate to width 0.
+    no_prompt = collate([{**a, "gate_prompt_ids": []}, {**b, "gate_prompt_ids": []}])
+    assert no_prompt["gate_prompt_ids"].shape == no_prompt["gate_prompt_mask"].shape == (2, 0)
+    pixels = collate([{"pixel_values": torch.ones(2, 3, 4, 4)}, {"pixel_values": torch.ones(1, 3, 4, 4)}])
+    assert set(pixels) == {"pixel_values", "frame_mask"} and pixels["pixel_values"].shape == (2, 2, 3, 4, 4)
+    with pytest.raises(ValueError, match="different keys"):
+        collate([a, a, {k: v for k, v in b.items() if k != "gate_labels"}])
+    with pytest.raises(ValueError, match="empty batch"):
+        collate([])
