@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import uuid
 
 import pytest
 import torch
@@ -472,11 +473,12 @@ def test_kernel_dispatch_decisions_and_log_levels(caplog):
     """What each impl resolves to, and how it is logged (on a GPU, falling back is a warning)."""
     from streammind.ops.dispatch import KernelDispatch
 
-    # A logger of its own: messages are logged once per process, keyed by logger and text.
-    dispatch = KernelDispatch("fastpkg", "tests.ops.dispatch_decisions")
+    # A logger of its own for each run: messages are logged once per process, keyed by logger and text.
+    name = f"tests.ops.dispatch_decisions.{uuid.uuid4().hex}"
+    dispatch = KernelDispatch("fastpkg", name)
     assert dispatch.forced is None
     missing = (ImportError, "fastpkg is missing")
-    caplog.set_level(logging.INFO, logger="tests.ops.dispatch_decisions")
+    caplog.set_level(logging.INFO, logger=name)
     assert dispatch.use_kernel("op_a", "ref", None, on_cuda=True) is False
     assert dispatch.use_kernel("op_b", "kernel", None, on_cuda=True) is True
     assert dispatch.use_kernel("op_c", "auto", None, on_cuda=True) is True
@@ -492,7 +494,6 @@ def test_kernel_dispatch_decisions_and_log_levels(caplog):
     with pytest.raises(ValueError, match="impl must be one of"), dispatch.override_impl("fast"):
         pass
     logged = [(r.name, r.levelno, r.getMessage()) for r in caplog.records]
-    name = "tests.ops.dispatch_decisions"
     assert logged == [
         (name, logging.INFO, "op_a: using the PyTorch reference path (requested)"),
         (name, logging.INFO, "op_b: using the fastpkg kernel (requested)"),
