@@ -30,6 +30,7 @@ import fnmatch
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -89,8 +90,108 @@ MODULES: dict[str, Target] = {
     "eval.metrics": Target("eval/metrics.py", ("tests/eval/test_metrics.py",)),
 }
 
-# Survivors that no test can kill, with the reason (checked by reading the diff in the report).
-EQUIVALENT: dict[str, str] = {}
+@dataclass(frozen=True)
+class Equivalent:
+    """Surviving mutants of `function` (a mangled-name glob) whose mutated line contains `added`
+    (and whose original line contains `removed`, when given) change nothing observable: `reason`.
+    Matching on the changed text, not on mutmut's numbering, keeps a rule valid while the
+    function's other lines change."""
+
+    function: str
+    added: str
+    reason: str
+    removed: str = ""
+
+    def matches(self, mutant: str, diff: str) -> bool:
+        function = mutant.split(".")[-1].rpartition("__mutmut_")[0]
+        plus = [line[1:] for line in diff.splitlines() if line.startswith("+") and not line.startswith("+++")]
+        minus = [line[1:] for line in diff.splitlines() if line.startswith("-") and not line.startswith("---")]
+        return (
+            fnmatch.fnmatchcase(function, self.function)
+            and any(self.added in line for line in plus)
+            and (not self.removed or any(self.removed in line for line in minus))
+        )
+
+
+_E = Equivalent
+_ROPE = "the gate and the LLM use RoPE, which depends only on position differences; padding is masked out"
+_PACKED = ("position ids that restart at 0 after the left padding make transformers build the same block mask "
+           "(packed sequences), so the explicit mask is redundant")
+_CACHE_FLAG = "transformers 5 updates a cache passed explicitly whatever use_cache says, and config.use_cache is True"
+_UNUSED_CACHE = "use_cache only makes the decoder also return a cache, which is dropped"
+
+# Survivors that no test can kill, per module, with the reason (each is shown with its diff in the report).
+EQUIVALENT: dict[str, list[Equivalent]] = {
+    "sampling": [
+        _E("x_num_selected", "if n < 0:", "for n = 0 the next lines also give 0 (min(n, ...) or n); only an unknown strategy would now raise"),
+        _E("x_select_indices", "tokens[-1:].float(), )", "cosine_similarity's default dim=1 is the last dim of the [n, D] tokens"),
+        _E("x_select_indices", "tokens[-1:].float(), dim=+1)", "dim 1 is the last dim of the [n, D] tokens"),
+        _E("x_select_indices", "dtype=None) * 1e-6", "arange(n) * 1e-6 is float32 (the default dtype) either way, as sims is"),
+        _E("x_select_indices", "device=device, ) * 1e-6", "arange(n) * 1e-6 is float32 (the default dtype) either way, as sims is"),
+    ],
+    "gate": [
+        _E("x_gate_loss", "dtype=None)", "torch.tensor of Python floats is float32 by default"),
+        _E("x_gate_loss", "device=logits.device, )", "torch.tensor of Python floats is float32 by default"),
+        _E("x_gate_loss", "weight=weight, )", "ignore_index=-100 is cross_entropy's default"),
+        _E("x_gate_loss", "F.log_softmax(logits, dim=None)", "logits are [N, 2]: the implicit dim of a 2-D input is 1, the last"),
+        _E("x_gate_loss", "F.log_softmax(logits, )", "logits are [N, 2]: the implicit dim of a 2-D input is 1, the last"),
+        _E("x_gate_loss", "F.log_softmax(logits, dim=+1)", "logits are [N, 2]: dim 1 is the last"),
+        _E("x_segment_starts", "torch.zeros(T, dtype=None)", "a float 0/1 start mask selects the same frames (its users call nonzero)"),
+        _E("x_segment_starts", "torch.zeros(T, )", "a float 0/1 start mask selects the same frames (its users call nonzero)"),
+        _E("x_segment_starts", "run = None", "run is set at t = 0 before it is read (`t == 0 or ...` short-circuits)"),
+        _E("x_segment_starts", "run = 1", "run is set at t = 0 before it is read (`t == 0 or ...` short-circuits)"),
+        _E("xǁCognitionGateǁforward", "attention_mask=None", _PACKED),
+        _E("xǁCognitionGateǁforward", "inputs_embeds=inputs_embeds, position_ids", _PACKED),
+        _E("xǁCognitionGateǁforward", "position_ids=None", _ROPE),
+        _E("xǁCognitionGateǁforward", "attention_mask=attention_mask, use_cache", _ROPE),
+        _E("xǁCognitionGateǁforward", "use_cache=None", _UNUSED_CACHE),
+        _E("xǁCognitionGateǁforward", "use_cache=True", _UNUSED_CACHE),
+        _E("xǁCognitionGateǁforward", "position_ids=position_ids, )", _UNUSED_CACHE),
+        _E("xǁCognitionGateǁframe_logits", "if (p.numel()) or True", "embedding an empty id tensor gives the same [0, D] tensor"),
+        _E("xǁCognitionGateǁframe_logits", "max(s.end + s.start", "only adds right padding, which causal attention never reads and the output drops"),
+        _E("xǁCognitionGateǁframe_logits", "max_prompt + s.end + s.start] = 1", "marks right padding as real; later positions never reach earlier ones (causal)"),
+        _E("xǁCognitionGateǁframe_logits", "length, dtype=None, device", "a float 0/1 attention mask gives transformers the same mask as a long one"),
+        _E("xǁCognitionGateǁframe_logits", "torch.zeros(len(segments), length, device", "a float 0/1 attention mask gives transformers the same mask as a long one"),
+        _E("xǁCognitionGateǁframe_logits", "position_ids = None", _ROPE),
+        _E("xǁCognitionGateǁframe_logits", "position_ids = (mask.cumsum(-1) + 1)", _ROPE),
+        _E("xǁCognitionGateǁframe_logits", "mask.cumsum(+1)", "the mask is [N, L]: dim 1 is the last"),
+        _E("xǁCognitionGateǁframe_logits", "position_ids=None)", _ROPE),
+        _E("xǁCognitionGateǁframe_logits", "attention_mask=mask, )", _ROPE),
+        _E("xǁCognitionGateǁframe_logits", "attention_mask=None", _PACKED),
+        _E("xǁCognitionGateǁframe_logits", "self(embeds, position_ids", _PACKED),
+        _E("xǁCognitionGateǁprefill", "DynamicCache(config=None)", "without a config the cache holds full-attention layers, which the gate (no sliding window) has"),
+        _E("xǁCognitionGateǁprefill", "use_cache=None", _CACHE_FLAG),
+        _E("xǁCognitionGateǁprefill", "use_cache=False", _CACHE_FLAG),
+        _E("xǁCognitionGateǁprefill", "cache=cache, )", _CACHE_FLAG),
+        _E("xǁCognitionGateǁstep", "position = None", "the decoder counts positions from the cache length, which is the same prompt + frames"),
+        _E("xǁCognitionGateǁstep", "position_ids=None", "the decoder counts positions from the cache length, which is the same prompt + frames"),
+        _E("xǁCognitionGateǁstep", "token[:, None], cache=", "the decoder counts positions from the cache length, which is the same prompt + frames"),
+        _E("xǁCognitionGateǁstep", "use_cache=None", _CACHE_FLAG),
+        _E("xǁCognitionGateǁstep", "use_cache=False", _CACHE_FLAG),
+        _E("xǁCognitionGateǁstep", "cache=cache.turn_cache, )", _CACHE_FLAG),
+    ],
+}
+
+# A mutant that only changes which device a tensor is created on (`device=x.device` -> None or
+# removed, `.to(x.device)` -> `.to(None)`, `device = x.device` -> None) cannot be told apart when
+# every tensor is on the CPU, as in the test suite here; the report counts them as "CPU-only".
+_DEVICE_KWARG = re.compile(r",?\s*\bdevice=(None|[A-Za-z_][\w.]*(\([^()]*\))?)")
+_DEVICE_TO = re.compile(r"\.to\((None|[A-Za-z_][\w.]*\bdevice)\)")
+_DEVICE_ASSIGN = re.compile(r"^(\s*(self\.)?device = ).*$")
+
+
+def _without_device(line: str) -> str:
+    line = _DEVICE_ASSIGN.sub(r"\1<device>", line)
+    line = _DEVICE_TO.sub(".to(<device>)", _DEVICE_KWARG.sub("", line))
+    return re.sub(r"\(\s*,\s*", "(", re.sub(r",?\s*\)", ")", line)).replace(" ", "")
+
+
+def _device_only(diff: str) -> bool:
+    """True when the mutant's one changed line differs from the original only in a device."""
+    removed = [line[1:] for line in diff.splitlines() if line.startswith("-") and not line.startswith("---")]
+    added = [line[1:] for line in diff.splitlines() if line.startswith("+") and not line.startswith("+++")]
+    return len(removed) == len(added) == 1 and removed != added and _without_device(removed[0]) == _without_device(added[0])
+
 
 _NOT_MUTATED = [r"^\s*raise \w+\(", r"^\s*logger\.\w+\(", r"^\s*warnings\.warn\("]
 _KILLED = {1, 3, 36, -24, 24, 152, 255, -11, -9}  # mutmut's "killed", "timeout" and "segfault"
@@ -213,31 +314,41 @@ def report(modules: list[str], out: Path) -> float | None:
         target, ws = MODULES[name], WORK / name
         codes = _results(ws, target)
         if not codes:
-            rows.append(f"| {name} | not run | | | | |")
+            rows.append(f"| {name} | not run | | | | | |")
             continue
         killed = [k for k, v in codes.items() if v in _KILLED]
-        equivalent = [k for k, v in codes.items() if v in _SURVIVED and k in EQUIVALENT]
-        left = [k for k, v in codes.items() if v not in _KILLED and k not in equivalent]
-        counted = len(codes) - len(equivalent)
+        diffs = {k: _diff(ws, k, target.path) for k, v in codes.items() if v not in _KILLED}
+        reasons = {}
+        for k in diffs:
+            rule = next((r for r in EQUIVALENT.get(name, []) if r.matches(k, diffs[k])), None)
+            if rule is not None and codes[k] in _SURVIVED:
+                reasons[k] = rule.reason
+        equivalent = list(reasons)
+        cpu_only = [k for k in diffs if codes[k] in _SURVIVED and k not in reasons and _device_only(diffs[k])]
+        left = [k for k in diffs if k not in equivalent and k not in cpu_only]
+        counted = len(codes) - len(equivalent) - len(cpu_only)
         total_killed += len(killed)
         total_counted += counted
         score = 100.0 * len(killed) / counted if counted else 100.0
-        rows.append(f"| {name} | {len(codes)} | {len(killed)} | {len(left)} | {len(equivalent)} | {score:.1f} % |")
-        if left or equivalent:
+        rows.append(f"| {name} | {len(codes)} | {len(killed)} | {len(left)} | {len(equivalent)} | {len(cpu_only)} | {score:.1f} % |")
+        if diffs:
             sections.append(f"### {name}\n")
             for k in sorted(left, key=_mutant_order):
                 status = "survived" if codes[k] in _SURVIVED else f"exit code {codes[k]}"
-                sections.append(f"- `{k}` ({status})\n\n```diff\n{_diff(ws, k, target.path)}\n```\n")
+                sections.append(f"- `{k}` ({status})\n\n```diff\n{diffs[k]}\n```\n")
             for k in sorted(equivalent, key=_mutant_order):
-                sections.append(f"- `{k}` (equivalent: {EQUIVALENT[k]})\n\n```diff\n{_diff(ws, k, target.path)}\n```\n")
+                sections.append(f"- `{k}` (equivalent: {reasons[k]})\n\n```diff\n{diffs[k]}\n```\n")
+            for k in sorted(cpu_only, key=_mutant_order):
+                sections.append(f"- `{k}` (CPU-only)\n\n```diff\n{diffs[k]}\n```\n")
     overall = 100.0 * total_killed / total_counted if total_counted else None
     lines = [
         f"# Mutation report ({date.today().isoformat()}, commit {_commit()})",
         "",
-        "mutmut 3, one module at a time with its own tests (scripts/mutation.sh). Score = killed / (mutants - equivalent).",
+        "mutmut 3, one module at a time with its own tests (scripts/mutation.sh). Score = killed / (mutants - equivalent - CPU-only);",
+        "killed includes timeouts; CPU-only = the mutant only changes a tensor's device (no test on a CPU can tell).",
         "",
-        "| module | mutants | killed | left | equivalent | score |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| module | mutants | killed | left | equivalent | CPU-only | score |",
+        "|---|---:|---:|---:|---:|---:|---:|",
         *rows,
         "",
         f"Overall: {total_killed} / {total_counted} = {overall:.1f} %" if overall is not None else "Overall: nothing run",
