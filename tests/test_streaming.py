@@ -6,6 +6,7 @@ Run: .venv/bin/python -m pytest tests/test_streaming.py -q
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from streammind import StreamingSession
@@ -169,19 +170,30 @@ def test_per_frame_gate_streams_the_parallel_probabilities(tiny_tokenizer):
     assert (torch.tensor(probe.stats.probs) - expected).abs().max() <= 1e-5
 
 
+def peaked(tiny):
+    """The tiny model with 100x larger LLM logits: a random LLM's top two logits can be within
+    float noise of each other, and then greedy decoding with and without a cache (or with
+    different matmul shapes) may pick different tokens; with peaked logits such ties vanish."""
+    model, processor = tiny
+    with torch.no_grad():
+        model.language_model.lm_head.weight.mul_(100.0)
+    return model, processor
+
+
 def reference_dialogue(model, processor, frames, events, max_new, budget):
     """The replies a stream should give when the gate fires on every frame, rebuilt from the
     processor's turn rendering and full LLM passes (no cache): `events` is a list of frames
     and query strings in arrival order. Each turn holds the user text that arrived since the
     last reply (the query on the first turn), its frame's token, the greedy reply and EOS. When
     the next turn would not fit `budget` tokens with a full reply, the oldest turns are dropped
-    until the kept ones fit half the budget, and the oldest kept turn re-opens the
-    conversation (BOS, system prompt, its user text or else the current query)."""
+    until the kept ones fit half the budget (and leave room for the new turn), the oldest kept
+    turn re-opening the conversation (BOS, system prompt, its user text or else the query). Returns the
+    replies, the number of evictions and the final context length."""
     pixels = processor.preprocess_frames(np.stack([e for e in events if not isinstance(e, str)]))[None]
     tokens = model.get_perception_tokens(pixel_values=pixels)[0]
     embed = model.language_model.get_input_embeddings()
     eos = processor.eos_token_id
-    turns, replies, query, pending, frame = [], [], None, None, 0
+    turns, replies, query, pending, frame, rebuilds = [], [], None, None, 0, 0
     for event in events:
         if isinstance(event, str):
             query, pending = event, event if pending is None else f"{pending}\n{event}"
@@ -210,7 +222,7 @@ def reference_dialogue(model, processor, frames, events, max_new, budget):
                     break
                 kept.insert(0, (u, v, r))
                 total += size
-            turns = kept
+            turns, rebuilds = kept, rebuilds + 1
             user = user if turns else (user or query)
             parts, prefix = render(turns, user, not turns)
         context = torch.cat(parts + [prefix], dim=1)
@@ -224,17 +236,28 @@ def reference_dialogue(model, processor, frames, events, max_new, budget):
         turns.append((user, video, generated + [eos]))
         replies.append(processor.decode(generated))
         pending = None
-    return replies
+        length = context.shape[1] + 1  # with the closing EOS
+    return replies, rebuilds, length
 
 
-def test_streamed_dialogue_equals_the_rendered_conversation(tiny_tokenizer):
+@pytest.mark.parametrize(
+    "scenario",
+    ["queries mid-stream, eviction", "a query before the first reply, short replies", "an LLM with a sliding window"],
+)
+def test_streamed_dialogue_equals_the_rendered_conversation(tiny_tokenizer, scenario):
     """Replies, user texts across turns, mid-stream queries and context eviction, against the
-    processor's rendering run without a cache."""
-    model, processor = make_tiny(tiny_tokenizer, max_context_tokens=150, max_reply_tokens=3)
+    processor's rendering run without a cache (the gate fires on every frame)."""
     frames = random_frames(9, seed=19)
+    overrides, max_new = dict(max_context_tokens=150, max_reply_tokens=3), None
     events = [frames[0], frames[1], "Now say when it turns red.", "And when it stops.", frames[2], frames[3], frames[4],
               "Count the shapes.", *frames[5:]]
-    session = StreamingSession(model, processor, query=QUERY, threshold=0.0)
+    if scenario.startswith("a query before"):
+        events = ["Also say when it turns red.", *frames[:4], "Count the shapes.", *frames[4:]]
+        max_new = 1
+    if scenario.startswith("an LLM with"):
+        overrides = dict(max_context_tokens=400, max_reply_tokens=3, text_config={"sliding_window": 24})
+    model, processor = peaked(make_tiny(tiny_tokenizer, **overrides))
+    session = StreamingSession(model, processor, query=QUERY, threshold=0.0, max_new_tokens=max_new)
     streamed, t = [], 0
     for event in events:
         if isinstance(event, str):
@@ -244,8 +267,39 @@ def test_streamed_dialogue_equals_the_rendered_conversation(tiny_tokenizer):
             assert reply is not None and reply.frame_index == t and reply.time == t / 2
             streamed.append(reply.text)
             t += 1
-    assert session.stats.llm_rebuilds >= 2 and session.stats.replies == 9 == session.stats.frames
-    assert session.llm_length <= 150
+    assert session.stats.replies == 9 == session.stats.frames and session.llm_length <= overrides["max_context_tokens"]
     with torch.no_grad():
-        expected = reference_dialogue(model, processor, frames, [QUERY, *events], max_new=3, budget=150)
+        expected, rebuilds, length = reference_dialogue(model, processor, frames, [QUERY, *events], max_new=max_new or 3,
+                                                        budget=overrides["max_context_tokens"])
     assert streamed == expected
+    assert session.stats.llm_rebuilds == rebuilds and session.llm_length == length
+    if scenario.startswith("queries"):
+        assert rebuilds >= 2
+
+
+def test_reset_takes_a_new_query_and_the_config_threshold(tiny_tokenizer):
+    model, processor = peaked(make_tiny(tiny_tokenizer, gate_threshold=0.0, max_reply_tokens=2))
+    frames = random_frames(3, seed=23)
+    session = StreamingSession(model, processor, query=QUERY)  # the config's threshold: fires on every frame
+    assert session.threshold == 0.0 and session.last_prob == 0.0
+    for i, frame in enumerate(frames):
+        assert session.push(frame, i / 2) is not None
+    assert session.last_prob == session.stats.probs[-1] > 0.0
+    session.reset(query="Count the shapes.")
+    assert session.query == "Count the shapes." and session.last_prob == 0.0
+    again = [session.push(frame, i / 2).text for i, frame in enumerate(frames)]
+    with torch.no_grad():
+        expected, _, _ = reference_dialogue(model, processor, frames, ["Count the shapes.", *frames], max_new=2, budget=8192)
+    assert again == expected
+    session.reset()
+    assert session.query == QUERY  # back to the session's own query
+
+
+def test_a_bf16_model_streams_fp32_features(tiny_tokenizer):
+    model, processor = make_tiny(tiny_tokenizer)
+    model = model.to(torch.bfloat16)
+    session = StreamingSession(model, processor, query=QUERY, threshold=1.0)
+    assert session.perception_state.conv_state.dtype == torch.bfloat16 and session.perception_state.ssm_state.dtype == torch.float32
+    for i in range(3):
+        assert session.push_features(torch.randn(1, model.config.vision_dim), i / 2) is None
+    assert all(0.0 < p < 1.0 for p in session.stats.probs)
