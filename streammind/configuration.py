@@ -175,8 +175,9 @@ class StreamMindConfig(PreTrainedConfig):
             sees only the newest perception token).
         gate_num_layers: decoder layers of the gate when `gate_config` is derived.
         gate_threshold: respond when p(respond) > threshold.
-        gate_window: the most frames the gate attends to within one turn; beyond it the gate's
-            cache is rebuilt from the prompt plus the newest half-window (bounded cost).
+        gate_window: the most frames the gate attends to within one turn; after that many the
+            gate's turn context restarts from the prompt (bounded cost; the EPFE state still
+            carries the longer history).
         gate_loss: "ce" (class-weighted cross-entropy) or "focal".
         gate_class_weights: (silent, respond) weights of the gate loss.
         gate_focal_gamma: focusing parameter of the focal loss.
