@@ -326,3 +326,14 @@ def test_state_checks_both_buffers(encoder, features):
         encoder.step(features[:, :1], good)  # [B, 1, Dv]: one dimension too many
     with pytest.raises(ValueError, match="feature must be"):
         encoder.step(features[:, 0, :-1], good)
+
+
+def test_bias_flags_are_honoured():
+    plain = MambaMixer(16)
+    assert plain.in_proj.bias is None and plain.out_proj.bias is None and plain.x_proj.bias is None
+    assert plain.dt_proj.bias is not None and plain.conv1d.bias is not None
+    flipped = MambaMixer(16, bias=True, conv_bias=False)
+    assert flipped.in_proj.bias is not None and flipped.out_proj.bias is not None and flipped.conv1d.bias is None
+    from streammind.perception import PerceptionBlock
+
+    assert PerceptionBlock(16, plain).norm.eps == 1e-5

@@ -325,12 +325,13 @@ def test_initial_state_correction_keeps_dtypes_and_does_not_alias_the_state():
     delta = scan_module._prepare_delta(inputs["delta"], inputs["delta_bias"], True)
     zero = selective_scan_ref(**dict(inputs, initial_state=None), delta_softplus=True, return_last_state=True)
     h0 = inputs["initial_state"].clone().requires_grad_()
+    delta = delta.clone().requires_grad_()  # its gradient needs h0, so autograd keeps h0
     out, state = scan_module._add_initial_state_contribution(zero[0].to(torch.bfloat16), zero[1], h0, delta, inputs["A"], inputs["C"], inputs["z"])
     assert out.dtype == torch.bfloat16 and state.dtype == torch.float32
     with torch.no_grad():
         h0.zero_()  # the caller's buffer moves on
     out.float().sum().backward()  # raises if autograd saved the buffer itself
-    assert h0.grad is not None
+    assert h0.grad is not None and delta.grad is not None
     _, expected_state = selective_scan_ref(**inputs, delta_softplus=True, return_last_state=True)
     torch.testing.assert_close(state.detach(), expected_state, **TOLERANCES[torch.float32])
 
@@ -467,6 +468,44 @@ def test_conv_kernel_without_causal_conv1d_raises(monkeypatch):
         causal_conv1d_update(x[..., 0], torch.zeros(2, 5, 4), weight, bias, impl="kernel")
     with conv_module.override_impl("ref"):
         torch.testing.assert_close(causal_conv1d(x, weight, bias, impl="kernel"), causal_conv1d_ref(x, weight, bias))
+
+
+def test_empty_sequences_give_empty_outputs_and_the_initial_state():
+    inputs = detached(make_scan_inputs(seqlen=0))
+    for fn in (selective_scan_ref, selective_scan_sequential, selective_scan):
+        out, state = fn(**inputs, delta_softplus=True, return_last_state=True)
+        assert out.shape == (2, 6, 0) and torch.equal(state, inputs["initial_state"])
+        out, state = fn(**dict(inputs, initial_state=None), return_last_state=True)
+        assert out.shape == (2, 6, 0) and torch.equal(state, torch.zeros(2, 6, 4))
+
+
+def test_state_update_checks_the_state_and_keeps_autograd_intact():
+    """A wrong state shape raises; stepping with autograd on, the state buffer is overwritten in
+    place each step, and the backward pass still works (the step keeps its own copy)."""
+    inputs = detached(make_scan_inputs(seqlen=3))
+    step = [inputs[k][..., 0] if k != "A" else inputs[k] for k in ("u", "delta", "A", "B", "C")]
+    for bad in (torch.zeros(3, 6, 4), torch.zeros(2, 6, 5), torch.zeros(2, 6)):
+        with pytest.raises(ValueError, match=r"state must be \[B, Din, N\]"):
+            selective_state_update(bad, *step)
+    leaves = {k: v.clone().requires_grad_() for k, v in inputs.items() if k in ("u", "delta", "B", "C")}
+    state = torch.zeros(2, 6, 4)
+    ys = []
+    for t in range(3):
+        args = [leaves[k][..., t] if k in leaves else inputs[k] for k in ("u", "delta", "A", "B", "C")]
+        ys.append(selective_state_update(state, *args, D=inputs["D"], dt_softplus=True))
+    torch.stack(ys).sum().backward()
+    assert all(v.grad is not None and torch.isfinite(v.grad).all() for v in leaves.values())
+
+
+def test_conv_reference_checks_its_state_and_rounds_steps_to_the_state_dtype():
+    x, weight, bias = make_conv_inputs()
+    with pytest.raises(ValueError, match=r"^initial_state must be \[B, Din, W\]"):
+        causal_conv1d_ref(x, weight, bias, initial_state=torch.zeros(2, 5, 3))
+    # An fp32 input stepped into a bf16 conv state is stored (and used) rounded to bf16.
+    state, rounded = torch.zeros(2, 5, 4, dtype=torch.bfloat16), torch.zeros(2, 5, 4, dtype=torch.bfloat16)
+    out = causal_conv1d_update(x[..., 0], state, weight, bias)
+    expected = causal_conv1d_update(x[..., 0].to(torch.bfloat16).float(), rounded.float(), weight, bias)
+    assert torch.equal(out, expected) and torch.equal(state.float(), torch.cat([rounded.float()[..., 1:], x[..., :1].to(torch.bfloat16).float()], dim=2))
 
 
 def test_kernel_dispatch_decisions_and_log_levels(caplog):
