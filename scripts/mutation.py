@@ -101,6 +101,7 @@ class Equivalent:
     added: str
     reason: str
     removed: str = ""
+    cpu_only: bool = False  # not equivalent on a GPU: counted with the CPU-only mutants
 
     def matches(self, mutant: str, diff: str) -> bool:
         function = mutant.split(".")[-1].rpartition("__mutmut_")[0]
@@ -128,6 +129,59 @@ EQUIVALENT: dict[str, list[Equivalent]] = {
         _E("x_select_indices", "tokens[-1:].float(), dim=+1)", "dim 1 is the last dim of the [n, D] tokens"),
         _E("x_select_indices", "dtype=None) * 1e-6", "arange(n) * 1e-6 is float32 (the default dtype) either way, as sims is"),
         _E("x_select_indices", "device=device, ) * 1e-6", "arange(n) * 1e-6 is float32 (the default dtype) either way, as sims is"),
+    ],
+    "perception": [
+        _E("xǁMambaMixerǁ__init__", "padding=", "the conv's padding is never used: ops.causal_conv1d reads only its weight and bias"),
+        _E("xǁMambaMixerǁ__init__", "groups=self.d_inner, bias=conv_bias)", "the conv's padding is never used: ops.causal_conv1d reads only its weight and bias"),
+        _E("xǁMambaMixerǁ__init__", "2 * d_state, bias=None)", "bias=None is falsy like False: no bias either way"),
+        _E("xǁMambaMixerǁ__init__", "self.d_inner, )", "nn.Linear's default bias=True, as given"),
+        _E("xǁMambaMixerǁforward", "if (state is not None) or True", "the final conv state is computed but not used without a state"),
+        _E("xǁMambaMixerǁstep", "chunk(2, dim=+1)", "in_proj(x) is [B, 2 Din]: dim 1 is the last"),
+        _E("xǁPerceptionEncoderǁstep", "feature.shape[+1]", "the 2-D check before it makes dim 1 the last"),
+    ],
+    "ops.selective_scan": [
+        _E("x_*", "BDTN,BDN,BNT->BDT", "einsum accepts upper-case subscripts"),
+        _E("x_*", "BDN,BN->BD", "einsum accepts upper-case subscripts"),
+        _E("x_*", "BDLN,BNL->BDL", "einsum accepts upper-case subscripts"),
+        _E("x__scan_within_chunk", "while k <= length", "the extra pass with k = length adds nothing (x[:, :, k:] is empty)"),
+        _E("x__scan_within_chunk", "if 2 / k < length", "only squares decay products that the remaining passes do not read"),
+        _E("x__scan_within_chunk", "if 2 * k <= length", "only squares decay products that the remaining passes do not read"),
+        _E("x_selective_scan*", "chunk_size: int = 65", "the chunk size changes results only by float rounding (tests compare to 1e-5 / 1e-12)"),
+        _E("x_selective_scan", "initial_state, return_last_state, )", "the dropped chunk_size is the reference's default, 64"),
+        _E("x_selective_scan*", "if (HAS_MAMBA_KERNELS) or True", "HAS_MAMBA_KERNELS is `kernel is not None`: the kernel is None exactly when it is False"),
+        _E("x_selective_scan", "unavailable, None)", "on_cuda only picks the log level when a GPU falls back", cpu_only=True),
+        _E("x_selective_state_update", "unavailable, None)", "on_cuda only picks the log level when a GPU falls back", cpu_only=True),
+        # A single dropped cast next to an fp32 operand: PyTorch promotes to fp32, exactly.
+        _E("x__selective_state_update_ref", ".to(None)", "one dropped cast: every op here has another operand in the compute dtype, so type promotion gives the same values"),
+        _E("x__selective_state_update_ref", "state.to(copy=True)", "the state is fp32 by contract (PerceptionState), the compute dtype"),
+        _E("x__selective_state_update_ref", "state.to(None, copy=True)", "the state is fp32 by contract (PerceptionState), the compute dtype"),
+        _E("x_selective_scan_ref", "initial_state.to(None, copy=True)", "the state is fp32 by contract (PerceptionState)"),
+        _E("x_selective_scan_sequential", "initial_state.to(None, copy=True)", "the state is fp32 by contract (PerceptionState)"),
+        _E("x_selective_state_update", "if (HAS_MAMBA_KERNELS) or True", "HAS_MAMBA_KERNELS is `kernel is not None`: the kernel is None exactly when it is False"),
+        _E("x__finish_output", ".to(None)", "one dropped cast: the other operand is in the compute dtype (type promotion)"),
+        _E("x__prepare_delta", ".to(None)", "one dropped cast: the bias / softplus math promotes to the compute dtype"),
+        _E("x_selective_scan_ref", ".to(None)", "one dropped cast: each later op meets a compute-dtype operand (type promotion); the state is fp32 by contract"),
+        _E("x_selective_scan_ref", "initial_state.to(copy=True)", "the state is fp32 by contract (PerceptionState)"),
+        _E("x_selective_scan_ref", "delta_softplus, None)", "one dropped cast: the bias / softplus math promotes to the compute dtype"),
+        _E("x_selective_scan_sequential", ".to(None)", "one dropped cast: each later op meets a compute-dtype operand (type promotion); the state is fp32 by contract"),
+        _E("x_selective_scan_sequential", "delta_softplus, None)", "one dropped cast: the bias / softplus math promotes to the compute dtype"),
+        _E("x_selective_scan_sequential", "initial_state.to(copy=True)", "the state is fp32 by contract (PerceptionState)"),
+        _E("x_selective_scan_sequential", "initial_state.to(cdt, )", "h is rebound, never written in place, so sharing the caller's buffer is harmless"),
+        _E("x_selective_scan_sequential", "copy=False)", "h is rebound, never written in place, so sharing the caller's buffer is harmless"),
+        _E("x__add_initial_state_contribution", "initial_state.to(None, copy=True)", "the state is fp32 by contract (PerceptionState)"),
+        _E("x__add_initial_state_contribution", "initial_state.to(copy=True)", "the state is fp32 by contract (PerceptionState)"),
+    ],
+    "ops.causal_conv1d": [
+        _E("x_*", "BDW,DW->BD", "einsum accepts upper-case subscripts"),
+        _E("x__compute_dtype", "or True else torch.float32", "fp64 instead of fp32 compute changes results only below fp32 rounding"),
+        _E("x__left_context", ".to(None)", "torch.cat promotes the state to the input's compute dtype, exactly"),
+        _E("x_causal_conv1d", "_check_activation(None)", "causal_conv1d_ref checks the activation again"),
+        _E("x_causal_conv1d", "_check_state(x, weight, None,", "causal_conv1d_ref checks the state again"),
+        _E("x_causal_conv1d*", "_kernel_unavailable(_kernel_causal_conv1d", "with CPU tensors any of them already fails the CUDA check", cpu_only=True),
+        _E("x_causal_conv1d*", "unavailable, None)", "on_cuda only picks the log level when a GPU falls back", cpu_only=True),
+        _E("x_causal_conv1d_final_state", "max(width + x.shape[2], 0)", "extra left zeros are cut by the [-width:] slice"),
+        _E("x_causal_conv1d_final_state", "max(width - x.shape[2], 1)", "extra left zeros are cut by the [-width:] slice"),
+        _E("x_causal_conv1d_update", "bias.to(None)", "one dropped cast: out is in the compute dtype (type promotion)"),
     ],
     "gate": [
         _E("x_gate_loss", "dtype=None)", "torch.tensor of Python floats is float32 by default"),
@@ -318,13 +372,13 @@ def report(modules: list[str], out: Path) -> float | None:
             continue
         killed = [k for k, v in codes.items() if v in _KILLED]
         diffs = {k: _diff(ws, k, target.path) for k, v in codes.items() if v not in _KILLED}
-        reasons = {}
+        reasons, cpu_reasons = {}, {}
         for k in diffs:
             rule = next((r for r in EQUIVALENT.get(name, []) if r.matches(k, diffs[k])), None)
             if rule is not None and codes[k] in _SURVIVED:
-                reasons[k] = rule.reason
+                (cpu_reasons if rule.cpu_only else reasons)[k] = rule.reason
         equivalent = list(reasons)
-        cpu_only = [k for k in diffs if codes[k] in _SURVIVED and k not in reasons and _device_only(diffs[k])]
+        cpu_only = [k for k in diffs if codes[k] in _SURVIVED and k not in reasons and (k in cpu_reasons or _device_only(diffs[k]))]
         left = [k for k in diffs if k not in equivalent and k not in cpu_only]
         counted = len(codes) - len(equivalent) - len(cpu_only)
         total_killed += len(killed)
@@ -339,7 +393,8 @@ def report(modules: list[str], out: Path) -> float | None:
             for k in sorted(equivalent, key=_mutant_order):
                 sections.append(f"- `{k}` (equivalent: {reasons[k]})\n\n```diff\n{diffs[k]}\n```\n")
             for k in sorted(cpu_only, key=_mutant_order):
-                sections.append(f"- `{k}` (CPU-only)\n\n```diff\n{diffs[k]}\n```\n")
+                why = cpu_reasons.get(k, "only the device changes")
+                sections.append(f"- `{k}` (CPU-only: {why})\n\n```diff\n{diffs[k]}\n```\n")
     overall = 100.0 * total_killed / total_counted if total_counted else None
     lines = [
         f"# Mutation report ({date.today().isoformat()}, commit {_commit()})",
