@@ -171,6 +171,13 @@ EQUIVALENT: dict[str, list[Equivalent]] = {
         _E("x__add_initial_state_contribution", "initial_state.to(None, copy=True)", "the state is fp32 by contract (PerceptionState)"),
         _E("x__add_initial_state_contribution", "initial_state.to(copy=True)", "the state is fp32 by contract (PerceptionState)"),
     ],
+    "processing": [
+        _E("x_add_video_token", "AddedToken(video_token, special=", "AddedToken(special=True) and add_tokens(special_tokens=True) each make the token special; "
+           "normalized only matters with a normalizer that rewrites '<video>' itself, which LLM tokenizers' do not"),
+        _E("x_add_video_token", "normalized=False)], ", "AddedToken(special=True) and add_tokens(special_tokens=True) each make the token special"),
+        _E("xǁStreamMindProcessorǁ_encode", "if (text) or True", "encoding '' gives [] as well"),
+        _E("xǁStreamMindProcessorǁfrom_pretrained", "AutoTokenizer.from_pretrained(directory, ", "the saved tokenizer_config.json names its class, so AutoTokenizer does not need the model config here"),
+    ],
     "ops.causal_conv1d": [
         _E("x_*", "BDW,DW->BD", "einsum accepts upper-case subscripts"),
         _E("x__compute_dtype", "or True else torch.float32", "fp64 instead of fp32 compute changes results only below fp32 rounding"),

@@ -184,3 +184,21 @@ def test_save_and_load_give_the_same_ids(tiny_tokenizer, tmp_path):
     for loaded in (StreamMindProcessor.from_pretrained(tmp_path), StreamMindProcessor.from_pretrained(tmp_path, config=proc.config)):
         assert loaded.encode_conversation(TURNS) == proc.encode_conversation(TURNS)
         assert loaded.video_token_id == proc.video_token_id and loaded.config.system_prompt == "SYS"
+
+
+def test_render_text_uses_the_tokenizer_s_own_eos(tiny_tokenizer):
+    tiny_tokenizer.eos_token = "<unk>"  # a tokenizer whose EOS is not "</s>"
+    proc = _processor(tiny_tokenizer)
+    ids, _ = proc.encode_conversation(TURNS)
+    assert proc.render_text(TURNS) == tiny_tokenizer.decode(ids) and proc.render_text(TURNS).count("<unk>") == 2
+
+
+def test_from_pretrained_prefers_the_given_config(tiny_tokenizer, tmp_path):
+    proc = _processor(tiny_tokenizer)
+    proc.save_pretrained(tmp_path)
+    proc.config.save_pretrained(tmp_path)
+    other = StreamMindConfig.from_preset("tiny", system_prompt="OTHER")
+    other.video_token_id = proc.video_token_id
+    loaded = StreamMindProcessor.from_pretrained(tmp_path, config=other)
+    assert loaded.config.system_prompt == "OTHER"
+    assert "OTHER" in tiny_tokenizer.decode(loaded.encode_gate_prompt("q"))
