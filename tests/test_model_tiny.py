@@ -190,7 +190,12 @@ def test_forward_gate_outputs_follow_the_batch(tiny_tokenizer):
     from streammind.gate import gate_loss
 
     model, processor = make_tiny(tiny_tokenizer, gate_loss="focal", gate_focal_gamma=3.0, gate_window=100)
-    batch, (a, _) = batch_of_two(processor)
+    collate = StreamCollator(processor.pad_token_id)
+    a = make_example(processor, 9, [(4, "A red circle appeared."), (9, "The blue square disappeared.")], seed=1)
+    b = make_example(processor, 5, [(3, "The square turned green.")], query="Tell me when something changes colour, and also when "
+                     "a shape moves to another corner of the frame.", seed=2)
+    batch = collate([a, b])
+    assert batch["gate_prompt_mask"].sum(1).tolist()[0] < batch["gate_prompt_mask"].shape[1]  # the first prompt is padded
     with torch.no_grad():
         out = model(**batch)
         tokens = out.perception_tokens
@@ -253,3 +258,10 @@ def test_fresh_weights_follow_the_initialisation_scheme(tiny):
     N = mixer.d_state
     assert torch.allclose(-torch.exp(mixer.A_log.detach()), -torch.arange(1, N + 1, dtype=torch.float32).expand(mixer.d_inner, N))
     assert torch.equal(mixer.D.detach(), torch.ones(mixer.d_inner))
+
+
+def test_the_config_sizes_the_perception_encoder(tiny_tokenizer):
+    model, _ = make_tiny(tiny_tokenizer, perception_expand=3, perception_d_state=5, perception_d_conv=3)
+    mixer = model.perception.block.mixer
+    D = model.config.hidden_size
+    assert (mixer.d_inner, mixer.d_state, mixer.d_conv) == (3 * D, 5, 3)
