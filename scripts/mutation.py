@@ -190,6 +190,25 @@ EQUIVALENT: dict[str, list[Equivalent]] = {
         _E("xǁStreamMindForCausalLMǁselect_turn_tokens", "if e >= 1]", "a turn ends after at least one frame: an end of 0 never occurs"),
         _E("xǁStreamMindPreTrainedModelǁ_init_weights", "init.normal_(module.weight, std=std)", "normal_'s default mean is 0.0"),
     ],
+    "streaming": [
+        _E("xǁStreamingSessionǁ_llm", "DynamicCache(config=None)", "the LLM masks its own sliding window; a cache without the config keeps full layers, which "
+           "only costs memory (tested with a sliding-window LLM)"),
+        _E("xǁStreamingSessionǁ_llm", "position = None", "the LLM counts positions from its cache length, which is llm_length"),
+        _E("xǁStreamingSessionǁ_llm", "position_ids=None", "the LLM counts positions from its cache length, which is llm_length"),
+        _E("xǁStreamingSessionǁ_llm", "inputs_embeds=embeds, cache=", "the LLM counts positions from its cache length, which is llm_length"),
+        _E("xǁStreamingSessionǁ_llm", "use_cache=None", _CACHE_FLAG),
+        _E("xǁStreamingSessionǁ_llm", "use_cache=False", _CACHE_FLAG),
+        _E("xǁStreamingSessionǁ_llm", "cache=self.llm_cache, logits_to_keep", _CACHE_FLAG),
+        _E("xǁStreamingSessionǁ_llm", "use_cache=True, )", "only the last position's logits are read"),
+        _E("xǁStreamingSessionǁ_llm", "logits_to_keep=2", "only the last position's logits are read"),
+        _E("xǁStreamingSessionǁ_prefill_gate", "dtype=None", "the ids are Python ints: torch.tensor makes int64 either way"),
+        _E("xǁStreamingSessionǁ_prefill_gate", "encode_gate_prompt(query), device", "the ids are Python ints: torch.tensor makes int64 either way"),
+        _E("xǁStreamingSessionǁ_turn_embeddings", "video_tokens.shape[+1]", "video_tokens is [k, D]: dim 1 is the last"),
+        _E("xǁStreamingSessionǁreset", "dtype=None)", "init_state takes the weights' dtype by default, which is self.dtype"),
+        _E("xǁStreamingSessionǁreset", "device=self.device, )", "init_state takes the weights' dtype by default, which is self.dtype"),
+        _E("xǁStreamingSessionǁ_respond", "user = self.pending_user if (not first) or True", "on the first turn pending_user already holds the query (reset sets it)"),
+        _E("xǁStreamingSessionǁ_respond", "self.config.max_context_tokens / 2", "a float half budget compares like the integer one with integer token counts"),
+    ],
     "processing": [
         _E("x_add_video_token", "AddedToken(video_token, special=", "AddedToken(special=True) and add_tokens(special_tokens=True) each make the token special; "
            "normalized only matters with a normalizer that rewrites '<video>' itself, which LLM tokenizers' do not"),
