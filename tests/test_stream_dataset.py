@@ -230,6 +230,10 @@ def test_turns_may_end_one_frame_period_after_the_video(tiny_tokenizer, tmp_path
 
     assert kept(duration) == 1 and kept(duration + 0.5) == 1
     assert kept(duration + 0.5 + 1e-5) == 0
+    # A window declared past the video's end: the turn is still past the video, found up front.
+    late = StreamAnnotation(video="clip.mp4", query="Q.", end=100.0, turns=[Turn(50.0, "Late.")])
+    ds = StreamDataset([late], tmp_path, processor, fps=2.0, on_error="skip")
+    assert len(ds) == 0 and dict(ds.skipped) == {"turn_past_end": 1}
 
 
 @pytest.mark.skipif(not HAS_AV, reason="PyAV is needed to encode the test clip")
