@@ -190,6 +190,21 @@ EQUIVALENT: dict[str, list[Equivalent]] = {
         _E("xǁStreamMindForCausalLMǁselect_turn_tokens", "if e >= 1]", "a turn ends after at least one frame: an end of 0 never occurs"),
         _E("xǁStreamMindPreTrainedModelǁ_init_weights", "init.normal_(module.weight, std=std)", "normal_'s default mean is 0.0"),
     ],
+    "datasets.stream": [
+        _E("x_turn_end_frames", "if t <= frame_times[0] - _TIME_EPS", "only a turn exactly 1 us before the first frame differs, a float coincidence"),
+        _E("x_turn_end_frames", "if t >= frame_times[-1] + step + _TIME_EPS", "only a turn exactly 1 us past the last frame's slot differs, a float coincidence"),
+        _E("x_turn_end_frames", "t + _TIME_EPS, ))", "left and right insertion differ only when t + 1 us equals a frame time exactly"),
+        _E("x_vision_cache_key", "sort_keys=", "the key stays deterministic for a given config object; only its text differs"),
+        _E("x_vision_cache_key", "list(cfg.image_std)], default=str)", "the key stays deterministic for a given config object; only its text differs"),
+        _E("x_vision_cache_key", "default=None)", "every value in these configs is JSON-serialisable, so default= is never called"),
+        _E("x_vision_cache_key", "hexdigest()[:17]", "a longer key identifies the same settings"),
+        _E("xǁFeatureCacheǁpath", "hexdigest()[:21]", "a longer key identifies the same clip"),
+        _E("xǁFeatureCacheǁload", "torch.load(p, ", "torch.load's default is weights_only=True, and the files hold only tensors"),
+        _E("xǁFeatureCacheǁstore", "np.asarray(times), dtype=None)", "the frame times are float64 numpy arrays already"),
+        _E("xǁFeatureCacheǁstore", "torch.as_tensor(np.asarray(times), )", "the frame times are float64 numpy arrays already"),
+        _E("xǁStreamDatasetǁ_validate", "end + 1.0 / self.fps + _TIME_EPS:", "only a last turn exactly at the bound (1 us after the last frame period) differs",
+           removed="> end + 1.0"),
+    ],
     "streaming": [
         _E("xǁStreamingSessionǁ_llm", "DynamicCache(config=None)", "the LLM masks its own sliding window; a cache without the config keeps full layers, which "
            "only costs memory (tested with a sliding-window LLM)"),

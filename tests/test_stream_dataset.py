@@ -145,6 +145,8 @@ def test_turn_end_frames_boundaries():
     # One frame: no step to bound the end by, so any later turn ends on it.
     assert turn_end_frames(np.array([2.0]), [2.0]) == [1]
     assert turn_end_frames(np.array([2.0]), [99.0]) == [1]
+    with pytest.raises(BadSample, match="past the video's end"):  # two frames give the step
+        turn_end_frames(np.array([0.0, 0.5]), [1.5])
     with pytest.raises(BadSample, match="same frame"):
         turn_end_frames(np.array([2.0]), [2.0, 3.0])
 
@@ -155,7 +157,7 @@ def _clip_records(tmp_path):
     return [
         StreamAnnotation(video="clip.mp4", query="First query.", turns=[Turn(0.5, "One."), Turn(1.0, "Two.")]),
         StreamAnnotation(video="clip.mp4", query="Second query.", start=1.0, turns=[Turn(1.5, "Three.")]),
-        StreamAnnotation(video="clip.mp4", query="Third query.", start=2.0, turns=[Turn(2.5, "Four.")]),
+        StreamAnnotation(video="clip.mp4", query="Third query.", start=2.0, end=2.8, turns=[Turn(2.5, "Four.")]),
     ]
 
 
@@ -205,7 +207,8 @@ def test_decoded_and_feature_caches_keep_windows_apart(tiny_tokenizer, tmp_path,
     assert calls == [None, None]  # no cache by default
     # Pooled features on disk, under a nested root that does not exist yet: one file per window.
     cache = FeatureCache(tmp_path / "cache" / "nested", vision_cache_key(model))
-    with_features = StreamDataset(records, tmp_path, processor, stage=2, fps=2.0, feature_cache=cache, encoder=model.vision.encode_frames)
+    with_features = StreamDataset(records, tmp_path, processor, stage=2, fps=2.0, feature_cache=cache, encoder=model.vision.encode_frames,
+                                  cache_decoded=True)
     with torch.no_grad():
         first = [with_features[i]["frame_features"] for i in range(3)]
         again = [with_features[i]["frame_features"] for i in range(3)]
@@ -216,6 +219,9 @@ def test_decoded_and_feature_caches_keep_windows_apart(tiny_tokenizer, tmp_path,
     features, times = cache.load(str(tmp_path / "clip.mp4"), 2.0, 1.0, None)
     assert times.dtype == np.float64 and times.tolist() == [1.0, 1.5, 2.0, 2.5] and torch.equal(features, first[1])
     assert cache.load(str(tmp_path / "clip.mp4"), 2.0, 1.0, 2.6) is None  # another window is another entry
+    assert torch.equal(cache.load(str(tmp_path / "clip.mp4"), 2.0, 2.0, 2.8)[0], first[2])  # stored under its own end
+    # Another rate: the dataset's fps reaches the decoder.
+    assert StreamDataset(records[:1], tmp_path, processor, stage=2, fps=3.5)[0]["pixel_values"].shape[0] == 10
 
 
 @pytest.mark.skipif(not HAS_AV, reason="PyAV is needed to encode the test clip")
