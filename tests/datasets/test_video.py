@@ -405,6 +405,7 @@ def test_video_end_is_the_last_frame_s_end():
     # No packet duration (the end is not after the last pts): last pts + the median interval.
     assert video._video_end(np.array([0.0, 0.5, 1.25, 1.5]), 1.5, 2.0) == 1.5 + 0.5
     assert video._video_end(np.array([0.0, 0.5, 1.25]), 0.0, 2.0) == 1.25 + 0.625
+    assert video._video_end(np.array([0.0, 0.5]), 0.5, 4.0) == 1.0  # two frames give an interval too
     # One frame: one nominal period, or nothing without a rate.
     assert video._video_end(np.array([2.0]), 2.0, 4.0) == 2.25
     assert video._video_end(np.array([2.0]), 2.0, 0.5) == 4.0
@@ -473,12 +474,27 @@ def test_read_video_defaults_and_frame_caps(clips):
 
 
 @needs_av
-@pytest.mark.parametrize("kind, start, expected", [("7fps_gop5", 3.1, [21, 25, 28]), ("offset", 1.1, [7, 11, 14])])
-def test_pyav_window_seeks_once_to_the_right_keyframe(clips, caplog, kind, start, expected):
-    """A window read seeks to the keyframe before its start and lands on it the first time (no
-    second pass from the beginning), also when the container's clock does not start at 0."""
+@pytest.mark.parametrize(
+    "kind, start, expected, keyframe",
+    [("7fps_gop5", 3.1, [21, 25, 28], 20), ("7fps_gop5", 0.9, [6, 9, 13], 5), ("offset", 1.1, [7, 11, 14], 0)],
+)
+def test_pyav_window_seeks_once_to_the_keyframe_before_it(clips, caplog, monkeypatch, kind, start, expected, keyframe):
+    """A window read seeks to the keyframe before its start (decoding starts there, not at the
+    beginning) and lands right the first time, also when the container's clock does not start
+    at 0 (the offset clip has one keyframe)."""
+    first_decoded = []
+    real = video._pyav_frames
+
+    def spy(*args, **kwargs):
+        for i, item in enumerate(real(*args, **kwargs)):
+            if i == 0:
+                first_decoded.append(item[0])
+            yield item
+
+    monkeypatch.setattr(video, "_pyav_frames", spy)
     with caplog.at_level(logging.DEBUG, logger="streammind.datasets.video"):
         clip = read_video(clips[kind], fps=2.0, start=start, end=start + 1.4, backend="pyav")
     assert _frame_numbers(clip.frames) == expected
     np.testing.assert_array_equal(clip.frame_pts, [float(Fraction(i, 7)) for i in expected])
+    assert first_decoded == [float(Fraction(keyframe, 7))]  # one pass, from the keyframe
     assert not any("seek overshot" in r.getMessage() for r in caplog.records)
