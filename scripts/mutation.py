@@ -243,6 +243,9 @@ EQUIVALENT: dict[str, list[Equivalent]] = {
         _E("x__pyav_read", "_pyav_frames(container, stream, None,", "_pyav_frames takes stream.start_time when given None"),
         _E("x__pyav_read", "iter(times.tolist()), None, stats)", "the grid ends before the video's end, which is the last frame's end: the held frame covers it"),
     ],
+    "train": [
+        _E("x_parse_args", "parser.parse_dict(cfg, ", "parse_dict's default is allow_extra_keys=False, and None is falsy like it (unknown keys still raise, tested)"),
+    ],
     "streaming": [
         _E("xǁStreamingSessionǁ_llm", "DynamicCache(config=None)", "the LLM masks its own sliding window; a cache without the config keeps full layers, which "
            "only costs memory (tested with a sliding-window LLM)"),
