@@ -107,11 +107,9 @@ class Equivalent:
         function = mutant.split(".")[-1].rpartition("__mutmut_")[0]
         plus = [line[1:] for line in diff.splitlines() if line.startswith("+") and not line.startswith("+++")]
         minus = [line[1:] for line in diff.splitlines() if line.startswith("-") and not line.startswith("---")]
-        return (
-            fnmatch.fnmatchcase(function, self.function)
-            and any(self.added in line for line in plus)
-            and (not self.removed or any(self.removed in line for line in minus))
-        )
+        # added="" matches a mutant that only deletes the line holding `removed`.
+        changed = (not plus) if not self.added else any(self.added in line for line in plus)
+        return fnmatch.fnmatchcase(function, self.function) and changed and (not self.removed or any(self.removed in line for line in minus))
 
 
 _E = Equivalent
@@ -242,6 +240,15 @@ EQUIVALENT: dict[str, list[Equivalent]] = {
         _E("x__pyav_read", "stream=stream, any_frame=False)", "PyAV's default is backward=True"),
         _E("x__pyav_read", "_pyav_frames(container, stream, None,", "_pyav_frames takes stream.start_time when given None"),
         _E("x__pyav_read", "iter(times.tolist()), None, stats)", "the grid ends before the video's end, which is the last frame's end: the held frame covers it"),
+    ],
+    "convert": [
+        _E("x__original_sizes", "defaults = dict(num_attention_heads=gate_heads)", "ORIGINAL_GATE_DEFAULTS are MistralConfig's own defaults (the released gate used them)"),
+        _E("x__original_sizes", "head_dim=None", "MistralConfig computes the same head_dim = hidden_size // heads"),
+        _E("x__original_sizes", "", "MistralConfig computes the same head_dim = hidden_size // heads", removed="head_dim=head_dim,"),
+        _E("x__original_sizes", "tie_word_embeddings=True", "the gate's decoder is a MistralModel with a separate head: there is nothing to tie"),
+        _E("x__original_sizes", "", "the gate's decoder is a MistralModel with a separate head: there is nothing to tie", removed="tie_word_embeddings=False"),
+        _E("x__original_sizes", "", "the gate never generates: BOS / EOS / pad ids in its config are unused", removed="_token_id=None"),
+        _E("x__original_sizes", ")", "the gate never generates: BOS / EOS / pad ids in its config are unused", removed="pad_token_id=None"),
     ],
     "train": [
         _E("x_parse_args", "parser.parse_dict(cfg, ", "parse_dict's default is allow_extra_keys=False, and None is falsy like it (unknown keys still raise, tested)"),
