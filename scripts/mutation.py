@@ -8,8 +8,8 @@ runs/mutation/<module>/, appends a [tool.mutmut] table that mutates only that mo
 and runs only that module's test files, and runs `mutmut run` there with one worker under
 `nice`. mutmut records which tests execute which function, so each mutant runs only the
 tests that reach the mutated function; a module takes one to a few minutes on two cores.
-`--survivors` keeps the workspaces, refreshes their tests/ and re-runs only the functions that
-had survivors last time (after adding tests); a module whose source changed is re-run in full.
+`--survivors` keeps the workspaces, refreshes their tests/ and re-runs only last time's survivors
+that are not classified yet (after adding tests); a module whose source or test list changed runs in full.
 
 The markdown report (default runs/mutation/report.md) gives per module the number of mutants,
 killed (a test failed or timed out), survived, equivalent (listed in EQUIVALENT below, with
@@ -454,10 +454,22 @@ def _results(ws: Path, target: Target) -> dict[str, int | None]:
 def _run(name: str, target: Target, survivors_only: bool) -> None:
     ws = WORK / name
     names: list[str] = []
-    if survivors_only and ws.exists() and _digest(ws / target.path) == _digest(REPO / target.path):
-        # Whole functions are re-run (a glob per function): mutmut looks a single named mutant's
-        # tests up without a default, which fails for one that no test reached before.
-        names = sorted({k.rpartition("__mutmut_")[0] + "__mutmut_*" for k, v in _results(ws, target).items() if v not in _KILLED})
+    same_source = ws.exists() and _digest(ws / target.path) == _digest(REPO / target.path)
+    # A changed test selection makes mutmut forget every verdict: then the module runs in full.
+    same_table = ws.exists() and _mutmut_table(target, REPO) in (ws / "pyproject.toml").read_text()
+    if survivors_only and same_source and same_table:
+        # Survivors are named one by one, except those already classified (equivalent or
+        # CPU-only); a mutant that no test reached is re-run with its whole function (a glob):
+        # mutmut looks a single named mutant's tests up without a default.
+        names = []
+        for k, v in _results(ws, target).items():
+            if v in _SURVIVED and _classified(name, k, _diff(ws, k, target.path)):
+                continue
+            if v in _SURVIVED:
+                names.append(k)
+            elif v not in _KILLED:
+                names.append(k.rpartition("__mutmut_")[0] + "__mutmut_*")
+        names = sorted(set(names))
         if not names:
             print(f"[{name}] no survivors to re-run")
             return
@@ -473,6 +485,11 @@ def _run(name: str, target: Target, survivors_only: bool) -> None:
         proc = subprocess.run(cmd, cwd=ws, env=env, stdout=log, stderr=subprocess.STDOUT)
     if proc.returncode != 0:
         print(f"[{name}] mutmut exited {proc.returncode}; see {ws / 'mutmut.log'}")
+
+
+def _classified(module: str, mutant: str, diff: str) -> bool:
+    """An equivalent (by a rule) or CPU-only mutant."""
+    return any(r.matches(mutant, diff) for r in EQUIVALENT.get(module, [])) or _device_only(diff)
 
 
 def _diff(ws: Path, mutant: str, path: str) -> str:
@@ -555,7 +572,7 @@ def _mutant_order(name: str) -> tuple[str, int]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("modules", nargs="*", help=f"modules to mutate (default: all): {', '.join(MODULES)}")
-    parser.add_argument("--survivors", action="store_true", help="re-run only the functions with survivors last time (after adding tests)")
+    parser.add_argument("--survivors", action="store_true", help="re-run only last time's unclassified survivors (after adding tests)")
     parser.add_argument("--report", type=Path, default=WORK / "report.md", help="where to write the markdown report")
     parser.add_argument("--report-only", action="store_true", help="write the report from the last runs, run nothing")
     parser.add_argument("--list", action="store_true", help="list the modules and their tests")
