@@ -166,6 +166,8 @@ EQUIVALENT: dict[str, list[Equivalent]] = {
         _E("x_selective_scan_sequential", "initial_state.to(copy=True)", "the state is fp32 by contract (PerceptionState)"),
         _E("x_selective_scan_sequential", "initial_state.to(cdt, )", "h is rebound, never written in place, so sharing the caller's buffer is harmless"),
         _E("x_selective_scan_sequential", "copy=False)", "h is rebound, never written in place, so sharing the caller's buffer is harmless"),
+        _E("x_selective_scan_*", "u_f.new_zeros(d_inner, 0)", "an empty [Din, 0] output broadcasts with the [B, Din, 0] skip term to the same empty result"),
+        _E("x_selective_scan_*", "u_f.new_zeros(batch, d_inner, 1)", "a [B, Din, 1] zero output broadcasts with the [B, Din, 0] skip term to the same empty result"),
         _E("x__add_initial_state_contribution", "initial_state.to(None, copy=True)", "the state is fp32 by contract (PerceptionState)"),
         _E("x__add_initial_state_contribution", "initial_state.to(copy=True)", "the state is fp32 by contract (PerceptionState)"),
     ],
