@@ -1,7 +1,7 @@
-"""Multiple-choice video QA: MVBench, Video-MME, EgoSchema, PerceptionTest (SPEC §7).
+"""Multiple-choice video QA: MVBench, Video-MME, EgoSchema, PerceptionTest (docs/design.md §6).
 
-    python -m eval.qa_mc --dataset mvbench --model runs/stage1 --data-root data/mvbench --out runs/eval/mvbench
-    python -m eval.qa_mc --dataset videomme --model runs/stage1 --data-root data/videomme --out runs/eval/videomme
+    streammind eval qa_mc --dataset mvbench --model runs/stage1 --data-root data/mvbench --out runs/eval/mvbench
+    streammind eval qa_mc --dataset videomme --model runs/stage1 --data-root data/videomme --out runs/eval/videomme
 
 Data layouts under --data-root (not shipped):
 
@@ -20,14 +20,15 @@ Data layouts under --data-root (not shipped):
                             "videomme/test-00000-of-00001.parquet").to_json("videomme.json",
                             orient="records")`; .jsonl also read). Records grouped per video
                             with a "questions" list are flattened. Subtitles are not used.
-        data/<videoID>.mp4
+        data/<videoID>.mp4  (or videos/<videoID>.mp4 when there is no data/, as in StreamMind's release)
     EgoSchema (--dataset egoschema)
         questions.json      [{"q_uid": ..., "question": ..., "option 0": ..., ..., "option 4": ...}]
         subset_answers.json optional {q_uid: correct option index} (the public 500-question
                             subset); questions without one are answered and written but not
                             scored; every answer also goes to egoschema_submission.csv
                             ("q_uid,answer", -1 when unparsed) for the evaluation server
-        videos/<q_uid>.mp4
+        videos/<q_uid>.mp4  (or good_clips_git/<q_uid>.mp4 when there is no videos/, as in
+                            StreamMind's release)
     PerceptionTest (--dataset perceptiontest; multiple-choice video QA)
         mc_question_<split>.json  {video_id: {"mc_question": [{"id": ..., "question": ...,
                             "options": [3 strings], "answer_id": i, "area": ..., "reasoning": ...}]}}
@@ -55,15 +56,18 @@ values, and counts of failed videos, empty and unparsed replies, unscored questi
 
 from __future__ import annotations
 
-import json
 import re
 import string
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from eval.common import setup_logging
-from eval.offline import OfflineTask, answer, build_offline_parser, evaluate, find_video, model_for
+from streammind.errors import run_command
+from streammind.evaluation.answering import answer
+from streammind.evaluation.clip_sampling import find_video
+from streammind.evaluation.offline import OfflineTask, build_offline_parser, evaluate, model_for
+from streammind.evaluation.tasks import setup_logging
+from streammind.fileio import read_json, read_jsonl, write_text
 
 DATASETS = ("mvbench", "videomme", "egoschema", "perceptiontest")
 LETTERS = string.ascii_uppercase
@@ -161,15 +165,20 @@ def is_correct(*, prediction: int | None, reference: int) -> bool:
 
 
 def _read_records(path: Path) -> list:
+    """A JSON list (or a JSON Lines file of records)."""
     if path.suffix == ".jsonl":
-        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
+        return [record for _, record in read_jsonl(path)]
+    return read_json(path)
 
 
 def _video(directory: Path, name: str) -> str:
     """The video file (any usual suffix), else the bare path (it then fails at run time, counted)."""
     return str(find_video(directory, name) or directory / name)
+
+
+def _video_dir(root: Path, *names: str) -> Path:
+    """The first of root/<name> that is a directory, else root/<first name> (its videos then fail, counted)."""
+    return next((root / name for name in names if (root / name).is_dir()), root / names[0])
 
 
 def load_mvbench(root: Path, tasks: Sequence[str] | None = None) -> list[dict]:
@@ -220,7 +229,7 @@ def load_videomme(root: Path) -> list[dict]:
         answer_letter = str(row["answer"]).strip().upper()[:1]
         video_key = str(row.get("videoID") or row["video_id"])
         out.append({
-            "id": str(row["question_id"]), "video": _video(root / "data", video_key), "question": row["question"],
+            "id": str(row["question_id"]), "video": _video(_video_dir(root, "data", "videos"), video_key), "question": row["question"],
             "options": options, "reference": LETTERS.index(answer_letter) if answer_letter else None,
             "category": {k: str(row[k]) for k in CATEGORY_KEYS["videomme"] if k in row},
         })
@@ -235,7 +244,7 @@ def load_egoschema(root: Path) -> list[dict]:
         options = [str(row[f"option {i}"]) for i in range(5)]
         q_uid = str(row["q_uid"])
         out.append({
-            "id": q_uid, "video": _video(root / "videos", q_uid), "question": row["question"], "options": options,
+            "id": q_uid, "video": _video(_video_dir(root, "videos", "good_clips_git"), q_uid), "question": row["question"], "options": options,
             "reference": int(answers[q_uid]) if q_uid in answers else None, "category": {},
         })
     return out
@@ -356,12 +365,12 @@ class MultipleChoiceTask(OfflineTask):
         for record in predictions:
             choice = None if "error" in record else parse_choice(record["prediction"], options[record["id"]])
             lines.append(f"{record['id']},{-1 if choice is None else choice}")
-        (Path(out_dir) / "egoschema_submission.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        write_text(Path(out_dir) / "egoschema_submission.csv", "\n".join(lines) + "\n")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Answer every question and write predictions, metrics and a table into --out."""
-    parser = build_offline_parser("python -m eval.qa_mc", __doc__, max_new_tokens=MAX_NEW_TOKENS)
+    parser = build_offline_parser("streammind eval qa_mc", __doc__, max_new_tokens=MAX_NEW_TOKENS)
     parser.add_argument("--dataset", choices=DATASETS, required=True)
     parser.add_argument("--tasks", nargs="+", default=None, help="MVBench tasks by json stem (default: all 20)")
     parser.add_argument("--split", default="valid", help="PerceptionTest split, mc_question_<split>.json (default: %(default)s)")
@@ -377,4 +386,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_command("streammind eval qa_mc", main))

@@ -1,14 +1,14 @@
-"""Open-ended video QA (MSVD-QA, ActivityNet-QA) scored by an LLM judge (SPEC §7).
+"""Open-ended video QA (MSVD-QA, ActivityNet-QA) scored by an LLM judge (docs/design.md §6).
 
     export STREAMMIND_JUDGE_BASE_URL=https://api.openai.com/v1   # any OpenAI-compatible server
     export STREAMMIND_JUDGE_MODEL=gpt-4o-mini
     export OPENAI_API_KEY=...                                     # optional for local servers
-    python -m eval.qa_open --dataset msvd --model runs/stage1 --data-root data/msvd_qa --out runs/eval/msvd
-    python -m eval.qa_open --dataset msvd --data-root data/msvd_qa --out runs/eval/msvd_rescored \
+    streammind eval qa_open --dataset msvd --model runs/stage1 --data-root data/msvd_qa --out runs/eval/msvd
+    streammind eval qa_open --dataset msvd --data-root data/msvd_qa --out runs/eval/msvd_rescored \
         --predictions runs/eval/msvd/predictions.jsonl --judgements runs/eval/msvd/judgements.jsonl
 
 Data layouts under --data-root (not shipped; the files as Video-ChatGPT's evaluation
-distributes them, reference/original-code.md §3.6):
+distributes them, which the original release's QA scripts read):
 
     MSVD-QA (--dataset msvd)
         test_qa.json        [{"video_id": "-4wsuPCjDBc_5_15" or 1201, "question": "...",
@@ -20,17 +20,22 @@ distributes them, reference/original-code.md §3.6):
         test_q.json         [{"video_name": "...", "question": "...", "question_id": "..."}]
         test_a.json         [{"question_id": "...", "answer": "...", "type": 0..8}]
                             (matched by question_id, else by position)
-        videos/v_<video_name>.mp4 (or <video_name>.*; --video-dir overrides)
+        videos/v_<video_name>.mp4 (or <video_name>.*; without videos/, all_test/ is used, the
+                            folder name of StreamMind's release; --video-dir overrides)
 
 Repeated question ids get "#k" suffixes so every question is one record.
 
-Answering: `eval.offline.answer` (32 uniform frames, greedy, up to 1024 new tokens as the
+Answering: `streammind.evaluation.answering.answer` (32 uniform frames, greedy, up to 1024 new tokens as the
 original's QA scripts).
 
 Judge: any OpenAI-compatible chat-completions endpoint, configured only by environment
 variables: STREAMMIND_JUDGE_BASE_URL (e.g. https://api.openai.com/v1; requests go to
 <base>/chat/completions), STREAMMIND_JUDGE_MODEL, and OPENAI_API_KEY (sent as a bearer
-token when set; never logged or written). Plain urllib, no client library. The prompt is
+token when set; never logged or written). Requests go through httpx. Redirects are
+followed only within the endpoint's own origin (scheme, host and port) and only as 307 /
+308 (which keep the POST); a redirect anywhere else is refused before anything is sent
+there (`JudgeConfigError`: point STREAMMIND_JUDGE_BASE_URL at the final endpoint), so the
+key never reaches another host. The prompt is
 ours: it asks whether the prediction matches the correct answer and for an integer score
 0-5, as one JSON object {"match": "yes"|"no", "score": n}. Temperature 0 by default (the
 original used 0.7). Network errors, timeouts, HTTP 408/409/425/429 and 5xx, and malformed
@@ -55,25 +60,29 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import time
-import urllib.error
-import urllib.request
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from eval.common import setup_logging
-from eval.offline import OfflineTask, answer, build_offline_parser, evaluate, find_video, load_saved_predictions, model_for
+from streammind.errors import run_command
+from streammind.evaluation.answering import answer
+from streammind.evaluation.clip_sampling import find_video
+from streammind.evaluation.judge import (
+    Judge,
+    JudgeConfig,
+    JudgeConfigError,
+    JudgeError,
+    JudgeResponseError,
+)
+from streammind.evaluation.offline import OfflineTask, build_offline_parser, evaluate, load_saved_predictions, model_for
+from streammind.evaluation.tasks import RecordError, setup_logging
+from streammind.fileio import atomic_write, read_json, read_jsonl
 
 logger = logging.getLogger(__name__)
 
-ENV_BASE_URL = "STREAMMIND_JUDGE_BASE_URL"
-ENV_MODEL = "STREAMMIND_JUDGE_MODEL"
-ENV_API_KEY = "OPENAI_API_KEY"
 MAX_NEW_TOKENS = 1024
 DATASETS = ("msvd", "activitynet")
 
@@ -91,20 +100,8 @@ JUDGE_USER = (
 
 
 # ---------------------------------------------------------------------------------------
-# Judge
+# The QA judge's verdicts
 # ---------------------------------------------------------------------------------------
-
-
-class JudgeConfigError(RuntimeError):
-    """The judge is not configured, or the endpoint refuses us (bad URL, model or key)."""
-
-
-class JudgeError(RuntimeError):
-    """One judgement failed after all retries."""
-
-
-class JudgeResponseError(ValueError):
-    """The judge's reply is not a usable judgement."""
 
 
 @dataclass(frozen=True)
@@ -170,60 +167,8 @@ def parse_judgement(text: str) -> Judgement:
     return Judgement(_yes_no(found_match.group(1)), _score(found_score.group(1)))
 
 
-@dataclass
-class JudgeConfig:
-    """Where and how to call the judge. `api_key` is never shown in reprs or logs."""
-
-    base_url: str
-    model: str
-    api_key: str | None = field(default=None, repr=False)
-    temperature: float = 0.0
-    max_tokens: int = 100
-    timeout_s: float = 60.0
-    max_attempts: int = 5
-    backoff_s: float = 1.0  # first retry delay; doubles each time
-
-    @classmethod
-    def from_env(cls, **overrides) -> JudgeConfig:
-        """Read STREAMMIND_JUDGE_BASE_URL, STREAMMIND_JUDGE_MODEL and OPENAI_API_KEY."""
-        base_url, model = os.environ.get(ENV_BASE_URL, "").strip(), os.environ.get(ENV_MODEL, "").strip()
-        missing = [name for name, value in ((ENV_BASE_URL, base_url), (ENV_MODEL, model)) if not value]
-        if missing:
-            raise JudgeConfigError(
-                f"the QA judge is not configured: set {' and '.join(missing)} (an OpenAI-compatible endpoint, e.g. "
-                f"{ENV_BASE_URL}=https://api.openai.com/v1 and {ENV_MODEL}=gpt-4o-mini, plus {ENV_API_KEY} if it needs "
-                "a key), or pass --skip-judge to write predictions only"
-            )
-        return cls(base_url=base_url.rstrip("/"), model=model, api_key=os.environ.get(ENV_API_KEY) or None, **overrides)
-
-
-_RETRY_STATUS = {408, 409, 425, 429}
-_FATAL_STATUS = {401, 403, 404}
-
-
-class Judge:
-    """Calls an OpenAI-compatible chat-completions endpoint and parses judgements."""
-
-    def __init__(self, config: JudgeConfig):
-        self.config = config
-
-    def _post(self, payload: dict) -> dict:
-        """One request; raises urllib errors as they come."""
-        headers = {"Content-Type": "application/json"}
-        if self.config.api_key:
-            headers["Authorization"] = f"Bearer {self.config.api_key}"
-        request = urllib.request.Request(f"{self.config.base_url}/chat/completions", data=json.dumps(payload).encode("utf-8"),
-                                         headers=headers, method="POST")
-        with urllib.request.urlopen(request, timeout=self.config.timeout_s) as response:
-            return json.loads(response.read().decode("utf-8"))
-
-    def _delay(self, attempt: int, retry_after: str | None) -> float:
-        if retry_after:
-            try:
-                return min(float(retry_after), 60.0)
-            except ValueError:
-                pass
-        return self.config.backoff_s * 2**attempt
+class QAJudge(Judge):
+    """The judge of open-ended QA: the prompt above, a verdict `Judgement` per answer."""
 
     def judge(self, *, question: str, prediction: str, reference: str) -> tuple[Judgement, str]:
         """Judge one answer; returns the judgement and the raw reply text.
@@ -232,52 +177,16 @@ class Judge:
             JudgeConfigError: HTTP 401/403/404 (fix the configuration).
             JudgeError: still failing after `max_attempts`.
         """
-        payload = {
-            "model": self.config.model,
-            "messages": [
-                {"role": "system", "content": JUDGE_SYSTEM},
-                {"role": "user", "content": JUDGE_USER.format(question=question, reference=reference, prediction=prediction)},
-            ],
-            "temperature": self.config.temperature,
-            "max_tokens": self.config.max_tokens,
-        }
-        last_error = "no attempt made"
-        for attempt in range(self.config.max_attempts):
-            retry_after = None
-            try:
-                body = self._post(payload)
-                content = body["choices"][0]["message"]["content"] or ""
-                return parse_judgement(content), content
-            except urllib.error.HTTPError as error:
-                if error.code in _FATAL_STATUS:
-                    raise JudgeConfigError(
-                        f"the judge endpoint answered HTTP {error.code} {error.reason} for {self.config.base_url} "
-                        f"(model {self.config.model!r}): check {ENV_BASE_URL}, {ENV_MODEL} and {ENV_API_KEY}"
-                    ) from None
-                if error.code not in _RETRY_STATUS and error.code < 500:
-                    raise JudgeError(f"HTTP {error.code} {error.reason}") from None
-                last_error, retry_after = f"HTTP {error.code} {error.reason}", error.headers.get("Retry-After")
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
-                last_error = f"{type(error).__name__}: {getattr(error, 'reason', error)}"
-            except (json.JSONDecodeError, KeyError, IndexError, TypeError) as error:
-                last_error = f"malformed response body ({type(error).__name__})"
-            except JudgeResponseError as error:
-                last_error = str(error)
-            if attempt + 1 < self.config.max_attempts:
-                delay = self._delay(attempt, retry_after)
-                logger.warning("judge attempt %d failed (%s); retrying in %.1f s", attempt + 1, last_error, delay)
-                time.sleep(delay)
-        raise JudgeError(f"judge failed after {self.config.max_attempts} attempts: {last_error}")
+        messages = [
+            {"role": "system", "content": JUDGE_SYSTEM},
+            {"role": "user", "content": JUDGE_USER.format(question=question, reference=reference, prediction=prediction)},
+        ]
+        return self.ask(messages, parse_judgement)
 
 
 # ---------------------------------------------------------------------------------------
 # Data
 # ---------------------------------------------------------------------------------------
-
-
-def _read_json(path: Path):
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
 
 
 def _unique_ids(ids: Sequence[str]) -> list[str]:
@@ -301,7 +210,7 @@ def _resolve(video_dir: Path, stems: Sequence[str]) -> str:
 
 def load_msvd(root: Path, video_dir: Path, questions: Path | None = None) -> list[dict]:
     """MSVD-QA examples (layout in the module docstring)."""
-    rows = _read_json(questions or root / "test_qa.json")
+    rows = read_json(questions or root / "test_qa.json")
     mapping = {}
     if (root / "youtube_mapping.txt").exists():
         for line in (root / "youtube_mapping.txt").read_text(encoding="utf-8").splitlines():
@@ -320,7 +229,7 @@ def load_msvd(root: Path, video_dir: Path, questions: Path | None = None) -> lis
 def load_activitynet(root: Path, video_dir: Path, questions: Path | None = None) -> list[dict]:
     """ActivityNet-QA examples (layout in the module docstring); answers from test_a.json beside the questions."""
     questions = questions or root / "test_q.json"
-    q_rows, a_rows = _read_json(questions), _read_json(questions.parent / "test_a.json")
+    q_rows, a_rows = read_json(questions), read_json(questions.parent / "test_a.json")
     if all("question_id" in a for a in a_rows) and all("question_id" in q for q in q_rows):
         by_id = {str(a["question_id"]): a for a in a_rows}
         missing = [str(q["question_id"]) for q in q_rows if str(q["question_id"]) not in by_id]
@@ -344,13 +253,12 @@ def load_activitynet(root: Path, video_dir: Path, questions: Path | None = None)
 
 
 def load_judgements(path: str | Path) -> dict[str, dict]:
-    """A judgements.jsonl of an earlier run, by id."""
+    """A judgements.jsonl of an earlier run, by id (a bad line raises RecordError naming ``file:line``)."""
     out = {}
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            if line.strip():
-                record = json.loads(line)
-                out[str(record["id"])] = record
+    for where, record in read_jsonl(path, RecordError):
+        if not isinstance(record, dict) or "id" not in record:
+            raise RecordError(f"{where}: expected a judgement object with an 'id'")
+        out[str(record["id"])] = record
     return out
 
 
@@ -373,7 +281,7 @@ class OpenQATask(OfflineTask):
         data_root: the layout of the module docstring.
         judge: the Judge, or None.
         questions: the question file (default per layout).
-        video_dir: default data_root/videos.
+        video_dir: default data_root/videos (ActivityNet-QA: all_test/ when there is no videos/).
         judge_workers: concurrent judge requests.
         saved_judgements: {id: judgement record} of an earlier run.
         rejudge: ignore saved judgements.
@@ -402,7 +310,11 @@ class OpenQATask(OfflineTask):
         self.title = {"msvd": "MSVD-QA", "activitynet": "ActivityNet-QA"}[dataset]
         self.root = Path(data_root)
         self.questions = Path(questions) if questions else None
-        self.video_dir = Path(video_dir) if video_dir else self.root / "videos"
+        if video_dir is None:
+            video_dir = self.root / "videos"
+            if dataset == "activitynet" and not video_dir.is_dir() and (self.root / "all_test").is_dir():
+                video_dir = self.root / "all_test"
+        self.video_dir = Path(video_dir)
         self.judge = judge
         self.judge_workers = judge_workers
         self.saved_judgements = {} if rejudge or saved_judgements is None else dict(saved_judgements)
@@ -505,7 +417,7 @@ class OpenQATask(OfflineTask):
 
     def after_run(self, predictions: Sequence[Mapping], out_dir: Path) -> None:
         """judgements.jsonl (one line per judged answer, failures with "error"); stops the request pool."""
-        with open(Path(out_dir) / "judgements.jsonl", "w", encoding="utf-8") as handle:
+        with atomic_write(Path(out_dir) / "judgements.jsonl") as handle:
             for verdict in self.judgements.values():
                 handle.write(json.dumps(verdict, ensure_ascii=False) + "\n")
         if self._pool is not None:
@@ -522,10 +434,10 @@ class OpenQATask(OfflineTask):
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Answer (or load saved answers), judge, and write predictions, judgements, metrics and a table into --out."""
-    parser = build_offline_parser("python -m eval.qa_open", __doc__, max_new_tokens=MAX_NEW_TOKENS,
+    parser = build_offline_parser("streammind eval qa_open", __doc__, max_new_tokens=MAX_NEW_TOKENS,
                                   annotations_help="question file (default: test_qa.json / test_q.json under --data-root)")
     parser.add_argument("--dataset", choices=DATASETS, required=True)
-    parser.add_argument("--video-dir", type=Path, default=None, help="default: <data-root>/videos")
+    parser.add_argument("--video-dir", type=Path, default=None, help="default: <data-root>/videos (ActivityNet-QA: all_test/ when there is no videos/)")
     parser.add_argument("--skip-judge", action="store_true", help="write answers only (judge later with --predictions)")
     parser.add_argument("--judgements", type=Path, default=None, help="judgements.jsonl of an earlier run to reuse")
     parser.add_argument("--rejudge", action="store_true", help="judge again even where --judgements has a verdict")
@@ -536,11 +448,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="seconds before the first retry, doubled each time (default: %(default)s)")
     args = parser.parse_args(argv)
     setup_logging()
-    try:  # a missing judge configuration fails before any time is spent on the model
-        judge = None if args.skip_judge else Judge(JudgeConfig.from_env(
-            temperature=args.judge_temperature, max_attempts=args.judge_attempts, backoff_s=args.judge_backoff))
-    except JudgeConfigError as error:
-        parser.exit(2, f"error: {error}\n")
+    # A missing judge configuration (JudgeConfigError) fails before any time is spent on the model.
+    judge = None if args.skip_judge else QAJudge(JudgeConfig.from_env(
+        temperature=args.judge_temperature, max_attempts=args.judge_attempts, backoff_s=args.judge_backoff))
     model, processor = model_for(args, parser)
     task = OpenQATask(args.dataset, args.data_root, judge=judge, questions=args.annotations, video_dir=args.video_dir,
                       judge_workers=args.judge_workers, rejudge=args.rejudge,
@@ -555,4 +465,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_command("streammind eval qa_open", main))

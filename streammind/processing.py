@@ -20,7 +20,7 @@ runtime appends exactly the ids that training saw. Only reply tokens and their E
 supervised; everything else is labelled -100. Unlike the original renderer, no instruction
 text is injected behind the user's back.
 
-Reference: SPEC §3 (Prompt), reference/original-code.md §1.5.
+Reference: docs/design.md §2 and §7.4 (the original renderer's injected instruction).
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ from tokenizers import AddedToken
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from .configuration import StreamMindConfig
-from .sampling import num_selected
+from .fileio import atomic_directory
+from .sampling import memory_frames, num_selected
 from .vision import FrameProcessor
 
 IGNORE_INDEX = -100
@@ -112,13 +113,13 @@ class StreamMindProcessor:
 
     # ---- frames ---------------------------------------------------------------------------
 
-    def preprocess_frames(self, frames) -> torch.Tensor:
-        """uint8 RGB frames [N, H, W, 3] -> pixel values [N, 3, S, S]."""
-        return self.frame_processor(frames)
+    def preprocess_frames(self, frames, device: torch.device | str | None = None) -> torch.Tensor:
+        """uint8 RGB frames [N, H, W, 3] -> pixel values [N, 3, S, S] (computed on `device`, see `FrameProcessor`)."""
+        return self.frame_processor(frames, device)
 
     def placeholders_for(self, num_frames: int) -> int:
         """How many perception tokens of an n-frame turn reach the LLM (memory bound, then sampling)."""
-        n = min(num_frames, self.config.max_turn_frames)
+        n = memory_frames(num_frames, self.config.max_turn_frames)
         return num_selected(n, self.config.sampling, self.config.sampling_ratio)
 
     # ---- text -----------------------------------------------------------------------------
@@ -167,8 +168,10 @@ class StreamMindProcessor:
     # ---- persistence ----------------------------------------------------------------------
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Save the tokenizer (processor settings live in the model config saved beside it)."""
-        self.tokenizer.save_pretrained(directory)
+        """Save the tokenizer (processor settings live in the model config saved beside it); each
+        file is replaced atomically."""
+        with atomic_directory(directory) as tmp:
+            self.tokenizer.save_pretrained(tmp)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, config: StreamMindConfig | None = None) -> StreamMindProcessor:

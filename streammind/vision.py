@@ -13,7 +13,7 @@ size, P patches per frame (P = (S / patch)^2), Dv the tower width.
 
 The original code (`clip_encoder.py`) selected `hidden_states[-2]` after running all 24
 layers, and padded frames in training but centre-cropped them at inference; both are fixed
-here. Reference: SPEC §3, reference/original-code.md §1.2.
+here. Reference: docs/design.md §2 and §7.2.
 """
 
 from __future__ import annotations
@@ -44,22 +44,34 @@ class FrameProcessor:
         self.mode = mode
         self.mean = torch.tensor(mean, dtype=torch.float32, device="cpu").view(1, 3, 1, 1)  # CPU whatever the default device
         self.std = torch.tensor(std, dtype=torch.float32, device="cpu").view(1, 3, 1, 1)
+        self._on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _mean_std(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """mean, std [1, 3, 1, 1] on `device` (copied there once, not per frame)."""
+        if device not in self._on_device:
+            self._on_device[device] = (self.mean.to(device), self.std.to(device))
+        return self._on_device[device]
 
     @classmethod
     def from_config(cls, config) -> FrameProcessor:
         return cls(config.vision_config.image_size, config.image_mean, config.image_std, config.image_preprocess)
 
-    def __call__(self, frames) -> torch.Tensor:
+    def __call__(self, frames, device: torch.device | str | None = None) -> torch.Tensor:
         """Preprocess frames.
 
         Args:
             frames: uint8 RGB as a numpy array or tensor [N, H, W, 3] or [H, W, 3], or a list
                 of such arrays / PIL images (sizes may differ).
+            device: where to compute (default: where `frames` are, the CPU for numpy). The
+                frames travel as uint8, a quarter of the bytes of the float result; on a GPU
+                the resize and normalisation are a few kernels instead of CPU work.
         Returns:
-            float32 pixel values [N, 3, S, S].
+            float32 pixel values [N, 3, S, S] on `device`.
         """
         if isinstance(frames, (list, tuple)):
-            return torch.cat([self(np.asarray(f)) for f in frames]) if frames else torch.empty(0, 3, self.image_size, self.image_size)
+            if not frames:
+                return torch.empty(0, 3, self.image_size, self.image_size, device=device)
+            return torch.cat([self(np.asarray(f) if not isinstance(f, torch.Tensor) else f, device) for f in frames])
         x = torch.as_tensor(np.asarray(frames) if not isinstance(frames, torch.Tensor) else frames)
         if x.ndim == 3:
             x = x[None]
@@ -67,15 +79,20 @@ class FrameProcessor:
             raise ValueError(f"expected RGB frames shaped [N, H, W, 3], got {tuple(x.shape)}")
         if x.dtype != torch.uint8:
             raise ValueError(f"expected uint8 frames (0..255), got {x.dtype}")
-        x = x.permute(0, 3, 1, 2).float()  # [N, H, W, 3] -> [N, 3, H, W], 0..255
-        x = self._pad_to_square(x) if self.mode == "pad" else self._resize_short_side(x)
+        if device is not None:
+            x = x.to(device, non_blocking=True)
+        x = x.permute(0, 3, 1, 2)  # [N, H, W, 3] -> [N, 3, H, W], uint8
+        # Padding happens on the uint8 frame (the fill colour is whole numbers, so the values are
+        # the same), and only the square canvas becomes float: a quarter of the bytes to move.
+        x = self._pad_to_square(x).float() if self.mode == "pad" else self._resize_short_side(x.float())  # 0..255
         if self.mode == "crop":
             x = self._center_crop(x)
         elif x.shape[-1] != self.image_size:
             x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bicubic", align_corners=False, antialias=True)
         # Bicubic overshoots; clamp to the valid pixel range before normalising (as PIL does).
         x = x.clamp_(0.0, 255.0) / 255.0
-        return (x - self.mean) / self.std
+        mean, std = self._mean_std(x.device)
+        return (x - mean) / std
 
     def _pad_to_square(self, x: torch.Tensor) -> torch.Tensor:
         """Pad [N, 3, H, W] to [N, 3, L, L] (L = max(H, W)) with the mean colour, centred."""
@@ -83,7 +100,7 @@ class FrameProcessor:
         side = max(h, w)
         if h == w:
             return x
-        fill = (self.mean * 255.0).round()  # the original's expand2square fills with int(mean * 255)
+        fill = (self._mean_std(x.device)[0] * 255.0).round().to(x.dtype)  # the original's expand2square fills with int(mean * 255)
         out = fill.expand(n, 3, side, side).clone()
         top, left = (side - h) // 2, (side - w) // 2
         out[:, :, top : top + h, left : left + w] = x
