@@ -52,42 +52,75 @@ class Target:
     deselect: tuple[str, ...] = field(default=())
 
 
+_MODEL_TINY = "tests/model/test_model_tiny.py"
+_STREAMING = "tests/inference/test_streaming.py"
+_ENGINE = "tests/inference/test_engine.py"
+_DATASETS = "tests/training/test_datasets.py"
+
 MODULES: dict[str, Target] = {
-    "sampling": Target("streammind/sampling.py", ("tests/test_sampling.py", "tests/test_processing.py", "tests/test_model_tiny.py")),
-    "gate": Target("streammind/gate.py", ("tests/test_gate.py", "tests/test_model_tiny.py", "tests/test_streaming.py")),
-    "perception": Target("streammind/perception.py", ("tests/test_perception.py", "tests/test_model_tiny.py", "tests/test_save_load.py")),
-    "ops.selective_scan": Target("streammind/ops/selective_scan.py", ("tests/ops/test_selective_scan.py", "tests/test_perception.py")),
-    "ops.causal_conv1d": Target("streammind/ops/causal_conv1d.py", ("tests/ops/test_selective_scan.py", "tests/test_perception.py")),
+    # the model core
+    "sampling": Target("streammind/sampling.py", ("tests/model/test_sampling.py", "tests/model/test_processing.py", _MODEL_TINY, _ENGINE)),
+    "gate": Target("streammind/gate.py", ("tests/model/test_gate.py", _MODEL_TINY, _DATASETS, _ENGINE, _STREAMING)),
+    "perception": Target("streammind/perception.py", ("tests/model/test_perception.py", _MODEL_TINY, "tests/model/test_save_load.py")),
+    "ops.selective_scan": Target("streammind/ops/selective_scan.py", ("tests/ops/test_selective_scan.py", "tests/model/test_perception.py")),
+    "ops.causal_conv1d": Target("streammind/ops/causal_conv1d.py", ("tests/ops/test_selective_scan.py", "tests/model/test_perception.py")),
     "ops.dispatch": Target("streammind/ops/dispatch.py", ("tests/ops/test_selective_scan.py",)),
-    "processing": Target("streammind/processing.py", ("tests/test_processing.py", "tests/test_streaming.py", "tests/test_stream_dataset.py")),
+    "processing": Target("streammind/processing.py", ("tests/model/test_processing.py", _STREAMING, _DATASETS)),
     "modeling": Target(
         "streammind/modeling_streammind.py",
-        ("tests/test_model_tiny.py", "tests/test_gate.py", "tests/test_streaming.py", "tests/test_save_load.py", "tests/test_convert.py"),
+        (_MODEL_TINY, "tests/model/test_gate.py", _STREAMING, "tests/model/test_save_load.py", "tests/apps/test_convert.py"),
     ),
-    "streaming": Target("streammind/streaming.py", ("tests/test_streaming.py",)),
-    "datasets.stream": Target("streammind/datasets/stream.py", ("tests/test_stream_dataset.py",)),
-    "datasets.collator": Target("streammind/datasets/collator.py", ("tests/test_stream_dataset.py", "tests/test_model_tiny.py")),
-    "datasets.annotations": Target("streammind/datasets/annotations.py", ("tests/datasets/test_annotations.py", "tests/test_stream_dataset.py")),
-    "datasets.video": Target(
-        "streammind/datasets/video.py",
-        ("tests/datasets/test_video.py", "tests/test_stream_dataset.py"),
-        functions=("x_sample_grid", "x__select_indices", "x__clock_steps", "x__snap_to_clock", "x__follow_grid", "x__video_end",
-                   "x__pyav_read", "x__decord_pick", "x_read_video", "x__clip_from"),
+    # inference: the static-cache decoder, the engine (its eager CPU path) and the session on it
+    "decoding": Target("streammind/decoding.py", ("tests/inference/test_decoding.py", _ENGINE, _STREAMING)),
+    "engine": Target(
+        "streammind/engine.py",
+        (_ENGINE, _STREAMING, "tests/inference/test_decoding.py"),
+        # Not the CUDA-graph machinery (_Graph, capture, _replay_always_on, _decode_graph): it runs on a GPU only.
+        functions=("xǁEngineǁ__init__", "xǁEngineǁopen_stream", "xǁEngineǁclose_stream", "xǁEngineǁturn_tokens", "xǁEngineǁgate_frames",
+                   "xǁEngineǁ_conversation", "xǁEngineǁ_check_slot", "xǁEngineǁ_prefill_gate", "xǁEngineǁ_rows", "xǁEngineǁ_always_on",
+                   "xǁEngineǁ_to_device", "xǁEngineǁ_run_always_on", "xǁEngineǁ_gate_chunk", "xǁEngineǁ_append_memory",
+                   "xǁEngineǁ_turn_embeddings", "xǁEngineǁ_embed_ids", "xǁEngineǁ_rebuild_context", "xǁEngineǁ_hold_llm",
+                   "xǁEngineǁ_llm_extend", "xǁEngineǁ_llm_decode", "xǁEngineǁ_span", "xǁEngineǁstate_bytes",
+                   "xǁReplyTaskǁ__init__", "x_beam_search"),
     ),
-    "train": Target(
-        "streammind/train.py",
-        ("tests/test_train.py",),
-        functions=("x_set_trainable", "x_parse_args", "x__cli_to_dict", "x__load_yaml", "xǁModelArgumentsǁ__post_init__",
+    "streaming": Target("streammind/streaming.py", (_STREAMING, _ENGINE)),
+    # training: data, the collator (with the gate's segment layout), the feature cache, the entry
+    "training.datasets": Target("streammind/training/datasets.py", (_DATASETS,)),
+    "training.collator": Target("streammind/training/collator.py", (_DATASETS, _MODEL_TINY)),
+    "training.annotations": Target("streammind/training/annotations.py", ("tests/training/test_annotations.py", _DATASETS)),
+    "training.features": Target(
+        "streammind/training/features.py",
+        ("tests/training/test_features.py", _DATASETS),
+        functions=("xǁFeatureCacheǁ*", "x_vision_cache_key", "x_clips_of", "x_shard"),
+    ),
+    "training.train": Target(
+        "streammind/training/train.py",
+        ("tests/training/test_train.py",),
+        functions=("x_set_trainable", "x__destroy_process_group"),
+        deselect=("tests/training/test_train.py::test_two_process_cpu_ddp_through_the_launcher",),
+    ),
+    "training.arguments": Target(
+        "streammind/training/arguments.py",
+        ("tests/training/test_train.py",),
+        functions=("x_parse_args", "x__cli_to_dict", "x__load_yaml", "xǁModelArgumentsǁ__post_init__",
                    "xǁStreamMindTrainingArgumentsǁ__post_init__"),
-        deselect=("tests/test_train.py::test_two_process_cpu_ddp_through_the_launcher",),
+        deselect=("tests/training/test_train.py::test_two_process_cpu_ddp_through_the_launcher",),
     ),
-    "convert": Target(
-        "streammind/convert.py",
-        ("tests/test_convert.py",),
+    # media: frame selection by timestamp
+    "media.video": Target(
+        "streammind/media/video.py",
+        ("tests/media/test_video.py", _DATASETS),
+        functions=("x_sample_grid", "x_ceil_to_grid", "x__select_indices", "x__clock_steps", "x__snap_to_clock", "x__follow_grid",
+                   "x__video_end", "x__pyav_read", "x__decord_pick", "x_read_video", "x__clip_from"),
+    ),
+    # applications and evaluation
+    "apps.convert": Target(
+        "streammind/apps/convert.py",
+        ("tests/apps/test_convert.py",),
         functions=("x__ignore_reason", "x_videollama2_key_map", "x_linear_layout", "x_original_key_map", "x__plan", "x__required",
                    "x__original_sizes"),
     ),
-    "eval.metrics": Target("eval/metrics.py", ("tests/eval/test_metrics.py",)),
+    "evaluation.metrics": Target("streammind/evaluation/metrics.py", ("tests/evaluation/test_metrics.py",)),
 }
 
 @dataclass(frozen=True)
@@ -190,7 +223,7 @@ EQUIVALENT: dict[str, list[Equivalent]] = {
         _E("xǁStreamMindForCausalLMǁselect_turn_tokens", "if e >= 1]", "a turn ends after at least one frame: an end of 0 never occurs"),
         _E("xǁStreamMindPreTrainedModelǁ_init_weights", "init.normal_(module.weight, std=std)", "normal_'s default mean is 0.0"),
     ],
-    "datasets.stream": [
+    "training.datasets": [
         _E("x_turn_end_frames", "if t <= frame_times[0] - _TIME_EPS", "only a turn exactly 1 us before the first frame differs, a float coincidence"),
         _E("x_turn_end_frames", "if t >= frame_times[-1] + step + _TIME_EPS", "only a turn exactly 1 us past the last frame's slot differs, a float coincidence"),
         _E("x_turn_end_frames", "t + _TIME_EPS, ))", "left and right insertion differ only when t + 1 us equals a frame time exactly"),
@@ -205,20 +238,20 @@ EQUIVALENT: dict[str, list[Equivalent]] = {
         _E("xǁStreamDatasetǁ_validate", "end + 1.0 / self.fps + _TIME_EPS:", "only a last turn exactly at the bound (1 us after the last frame period) differs",
            removed="> end + 1.0"),
     ],
-    "datasets.collator": [
+    "training.collator": [
         _E("x__pad_1d", "(len(s) for s in seqs), ", "the default of max() is used only for zero sequences, and an empty batch is refused before"),
         _E("x__pad_1d", "(len(s) for s in seqs), default=", "the default of max() is used only for zero sequences, and an empty batch is refused before"),
         _E("x__pad_1d", "value, dtype=None)", "the fill values and ids are Python ints: int64 either way"),
         _E("x__pad_1d", "value, )", "the fill values and ids are Python ints: int64 either way"),
         _E("x__pad_1d", "torch.as_tensor(s, ", "the fill values and ids are Python ints: int64 either way"),
     ],
-    "datasets.annotations": [
+    "training.annotations": [
         _E("x_*", 'encoding="UTF-8"', "the same codec"),
         _E("x_*", "encoding=None", "equivalent under a UTF-8 locale, which every machine we test on has (the explicit encoding matters elsewhere)"),
         _E("x__write_jsonl", 'path.open("w", )', "equivalent under a UTF-8 locale, which every machine we test on has (the explicit encoding matters elsewhere)"),
         _E("x__write_jsonl", "ensure_ascii=None", "None is falsy like False"),
     ],
-    "datasets.video": [
+    "media.video": [
         _E("x__clip_from", "dtype=None)", "the grid times and pts are Python floats: float64 either way"),
         _E("x__clip_from", "for t, _, _ in picked], )", "the grid times and pts are Python floats: float64 either way"),
         _E("x__clip_from", "for _, p, _ in picked], )", "the grid times and pts are Python floats: float64 either way"),
@@ -243,7 +276,7 @@ EQUIVALENT: dict[str, list[Equivalent]] = {
         _E("x__pyav_read", "_pyav_frames(container, stream, None,", "_pyav_frames takes stream.start_time when given None"),
         _E("x__pyav_read", "iter(times.tolist()), None, stats)", "the grid ends before the video's end, which is the last frame's end: the held frame covers it"),
     ],
-    "convert": [
+    "apps.convert": [
         _E("x__original_sizes", "defaults = dict(num_attention_heads=gate_heads)", "ORIGINAL_GATE_DEFAULTS are MistralConfig's own defaults (the released gate used them)"),
         _E("x__original_sizes", "head_dim=None", "MistralConfig computes the same head_dim = hidden_size // heads"),
         _E("x__original_sizes", "", "MistralConfig computes the same head_dim = hidden_size // heads", removed="head_dim=head_dim,"),
@@ -252,7 +285,7 @@ EQUIVALENT: dict[str, list[Equivalent]] = {
         _E("x__original_sizes", "", "the gate never generates: BOS / EOS / pad ids in its config are unused", removed="_token_id=None"),
         _E("x__original_sizes", ")", "the gate never generates: BOS / EOS / pad ids in its config are unused", removed="pad_token_id=None"),
     ],
-    "eval.metrics": [
+    "evaluation.metrics": [
         _E("x__any_within", "times.size == 0 and others.size == 0", "with one side empty the broadcast comparison is empty and any() gives all False too"),
         _E("x__any_within", "np.zeros(times.shape, ", "the result is only summed: float zeros sum like bool ones"),
         _E("x__to_microseconds", ".reshape(None)", "times are given as a flat sequence"),
@@ -273,7 +306,7 @@ EQUIVALENT: dict[str, list[Equivalent]] = {
         _E("x_match_events", "while i >= 0 and j > 0", "at i = 0 the walk only steps j down (row 0 is all zeros); no pair is added"),
         _E("x_match_events", "while i > 0 and j >= 0", "at j = 0 the walk only steps i down (column 0 is all zeros); no pair is added"),
     ],
-    "train": [
+    "training.arguments": [
         _E("x_parse_args", "parser.parse_dict(cfg, ", "parse_dict's default is allow_extra_keys=False, and None is falsy like it (unknown keys still raise, tested)"),
     ],
     "streaming": [
@@ -399,7 +432,7 @@ def _mutmut_table(target: Target, ws: Path) -> str:
         "[tool.mutmut]",
         f"source_paths = {_toml_list(['streammind', 'eval'])}",
         f"only_mutate = {_toml_list([target.path])}",
-        f"also_copy = {_toml_list(['configs', 'scripts', 'notebooks', 'docs'])}",
+        f"also_copy = {_toml_list(['configs', 'scripts', 'notebooks', 'docs', 'assets'])}",
         f"pytest_add_cli_args_test_selection = {_toml_list(selection)}",
         f"pytest_add_cli_args = {_toml_list(['-p', 'no:randomly', '-p', 'no:cacheprovider', '-q'])}",
         f"do_not_mutate_patterns = {_toml_list(_NOT_MUTATED)}",
