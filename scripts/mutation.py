@@ -7,27 +7,29 @@ For each module this copies the working tree (tracked and untracked, not ignored
 runs/mutation/<module>/, appends a [tool.mutmut] table that mutates only that module's file
 and runs only that module's test files, and runs `mutmut run` there with one worker under
 `nice`. mutmut records which tests execute which function, so each mutant runs only the
-tests that reach the mutated function; a module takes one to a few minutes on two cores.
+tests that reach the mutated function; a module takes a few minutes to half an hour on two cores.
 `--survivors` keeps the workspaces, refreshes their tests/ and re-runs only last time's survivors
 that are not classified yet (after adding tests); a module whose source or test list changed runs in full.
 
 The markdown report (default runs/mutation/report.md) gives per module the number of mutants,
 killed (a test failed or timed out), survived, equivalent (listed in EQUIVALENT below, with
-the reason) and the score = killed / (mutants - equivalent), and the diff of every survivor.
+the reason), CPU-only (only a tensor's device changes) and the score = killed / (mutants -
+equivalent - CPU-only), the diff of every mutant not killed, and the rules that matched nothing.
 
 What is not mutated (and why):
 - lines that raise or log: the wording of a message is not behaviour we pin (the condition
   that raises, and the exception type, are mutated as usual);
-- decorated functions (mutmut's rule: it cannot trampoline through a decorator), e.g. the
-  `@torch.inference_mode()` methods of StreamingSession; their behaviour is pinned by tests
-  that the report cannot count.
+- decorated functions (mutmut's rule: it cannot trampoline through a decorator), except the
+  `@torch.inference_mode()` / `@torch.no_grad()` ones: in the workspace's copy these run their
+  body inside `with torch.inference_mode():` instead (`_undecorated`: the same behaviour, the
+  same line numbers), so that they are mutated too.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import fnmatch
-import hashlib
 import json
 import os
 import re
@@ -74,14 +76,16 @@ MODULES: dict[str, Target] = {
     "decoding": Target("streammind/decoding.py", ("tests/inference/test_decoding.py", _ENGINE, _STREAMING)),
     "engine": Target(
         "streammind/engine.py",
-        (_ENGINE, _STREAMING, "tests/inference/test_decoding.py"),
+        (_ENGINE, _STREAMING, "tests/inference/test_decoding.py", "tests/evaluation/test_offline.py"),
         # Not the CUDA-graph machinery (_Graph, capture, _replay_always_on, _decode_graph): it runs on a GPU only.
         functions=("xǁEngineǁ__init__", "xǁEngineǁopen_stream", "xǁEngineǁclose_stream", "xǁEngineǁturn_tokens", "xǁEngineǁgate_frames",
                    "xǁEngineǁ_conversation", "xǁEngineǁ_check_slot", "xǁEngineǁ_prefill_gate", "xǁEngineǁ_rows", "xǁEngineǁ_always_on",
                    "xǁEngineǁ_to_device", "xǁEngineǁ_run_always_on", "xǁEngineǁ_gate_chunk", "xǁEngineǁ_append_memory",
                    "xǁEngineǁ_turn_embeddings", "xǁEngineǁ_embed_ids", "xǁEngineǁ_rebuild_context", "xǁEngineǁ_hold_llm",
                    "xǁEngineǁ_llm_extend", "xǁEngineǁ_llm_decode", "xǁEngineǁ_span", "xǁEngineǁstate_bytes",
-                   "xǁReplyTaskǁ__init__", "x_beam_search"),
+                   "xǁEngineǁreset_stream", "xǁEngineǁset_query", "xǁEngineǁstep", "xǁEngineǁstep_features", "xǁEngineǁpush_clip",
+                   "xǁEngineǁrespond", "xǁEngineǁstart_reply", "xǁEngineǁgenerate", "xǁEngineǁbeam_search",
+                   "xǁReplyTaskǁ__init__", "xǁReplyTaskǁadvance", "x_beam_search"),
     ),
     "streaming": Target("streammind/streaming.py", (_STREAMING, _ENGINE)),
     # training: data, the collator (with the gate's segment layout), the feature cache, the entry
@@ -445,8 +449,42 @@ def _tree_files() -> list[str]:
     return [p for p in out.splitlines() if (REPO / p).is_file()]
 
 
-def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else ""
+_GRAD_MODES = ("@torch.inference_mode()", "@torch.no_grad()")
+
+
+def _undecorated(source: str) -> str:
+    """`source` with every `@torch.inference_mode()` / `@torch.no_grad()` function rewritten as
+    the same function whose body (after its docstring) runs inside `with torch.inference_mode():`
+    (or `no_grad`): the same behaviour, and mutmut, which skips decorated functions, mutates it."""
+    lines = source.splitlines(keepends=True)
+    tree = ast.parse(source)
+    edits = []  # (decorator line, first body line, last line, mode), 1-based
+    for node in ast.walk(tree):
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) or len(node.decorator_list) != 1:
+            continue
+        deco = ast.get_source_segment(source, node.decorator_list[0])
+        if "@" + (deco or "") not in _GRAD_MODES:
+            continue
+        body = node.body
+        has_doc = isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str)
+        if has_doc and len(body) == 1:
+            continue
+        first = body[1].lineno if has_doc else body[0].lineno
+        first = min([first] + [d.lineno for d in ast.walk(body[1] if has_doc else body[0]) if hasattr(d, "lineno")])
+        edits.append((node.decorator_list[0].lineno, first, node.end_lineno, deco[: deco.index("(")]))
+    for deco_line, first, last, mode in sorted(edits, reverse=True):
+        indent = lines[first - 1][: len(lines[first - 1]) - len(lines[first - 1].lstrip())]
+        for i in range(first - 1, last):
+            if lines[i].strip():
+                lines[i] = "    " + lines[i]
+        lines.insert(first - 1, f"{indent}with {mode}():\n")
+        del lines[deco_line - 1]
+    return "".join(lines)
+
+
+def _target_source(target: Target) -> str:
+    """The module's source as it is mutated (see `_undecorated`)."""
+    return _undecorated((REPO / target.path).read_text())
 
 
 def _prepare(name: str, target: Target) -> Path:
@@ -457,13 +495,9 @@ def _prepare(name: str, target: Target) -> Path:
         dst = ws / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / rel, dst)
+    (ws / target.path).write_text(_target_source(target))
     with open(ws / "pyproject.toml", "a") as f:
         f.write(_mutmut_table(target, ws))
-    # tests find the shared media clips next to the repository (tests/conftest.py: MEDIA).
-    shared = REPO.parent / "shared"
-    if shared.is_dir():
-        (ws / "mutants").mkdir(exist_ok=True)
-        os.symlink(shared, ws / "shared")
     return ws
 
 
@@ -489,7 +523,7 @@ def _results(ws: Path, target: Target) -> dict[str, int | None]:
 def _run(name: str, target: Target, survivors_only: bool) -> None:
     ws = WORK / name
     names: list[str] = []
-    same_source = ws.exists() and _digest(ws / target.path) == _digest(REPO / target.path)
+    same_source = ws.exists() and (ws / target.path).exists() and (ws / target.path).read_text() == _target_source(target)
     # A changed test selection makes mutmut forget every verdict: then the module runs in full.
     same_table = ws.exists() and _mutmut_table(target, REPO) in (ws / "pyproject.toml").read_text()
     if survivors_only and same_source and same_table:
@@ -543,7 +577,7 @@ def _commit() -> str:
 
 
 def report(modules: list[str], out: Path) -> float | None:
-    rows, sections = [], []
+    rows, sections, stale = [], [], []
     total_killed = total_counted = 0
     for name in modules:
         target, ws = MODULES[name], WORK / name
@@ -554,10 +588,17 @@ def report(modules: list[str], out: Path) -> float | None:
         killed = [k for k, v in codes.items() if v in _KILLED]
         diffs = {k: _diff(ws, k, target.path) for k, v in codes.items() if v not in _KILLED}
         reasons, cpu_reasons = {}, {}
+        used = set()
         for k in diffs:
             rule = next((r for r in EQUIVALENT.get(name, []) if r.matches(k, diffs[k])), None)
             if rule is not None and codes[k] in _SURVIVED:
                 (cpu_reasons if rule.cpu_only else reasons)[k] = rule.reason
+                used.add(rule)
+        unused = [r for r in EQUIVALENT.get(name, []) if r not in used]
+        if unused:  # stale after a code change, or the mutant is killed now: candidates for removal
+            stale.append(f"### {name}\n")
+            stale += [f"- `{r.function}`: `{r.added}`" + (f" (removed `{r.removed}`)" if r.removed else "") for r in unused]
+            stale.append("")
         equivalent = list(reasons)
         cpu_only = [k for k in diffs if codes[k] in _SURVIVED and k not in reasons and (k in cpu_reasons or _device_only(diffs[k]))]
         left = [k for k in diffs if k not in equivalent and k not in cpu_only]
@@ -592,6 +633,9 @@ def report(modules: list[str], out: Path) -> float | None:
         "## Mutants not killed",
         "",
         *sections,
+        "## Equivalence rules that matched no survivor",
+        "",
+        *(stale or ["none"]),
     ]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines))
