@@ -313,6 +313,24 @@ EQUIVALENT: dict[str, list[Equivalent]] = {
     "training.arguments": [
         _E("x_parse_args", "parser.parse_dict(cfg, ", "parse_dict's default is allow_extra_keys=False, and None is falsy like it (unknown keys still raise, tested)"),
     ],
+    "decoding": [
+        _E("xǁStaticKVǁ__init__", 'getattr(config, "head_dim", )', "the static path takes Mistral and Llama configs only, which always set head_dim"),
+        _E("xǁStaticKVǁ__init__", "config.hidden_size / config.num_attention_heads", "the static path takes Mistral and Llama configs only, which always set head_dim"),
+        _E("xǁStaticKVǁupdate", "slice(None, b)", "slice(None, b) is slice(0, b)"),
+        _E("xǁStaticKVǁupdate", "slice(b)", "slice(b) is slice(0, b)"),
+        _E("xǁStaticKVǁupdate", ".view(heads, 1).expand", "a [heads, 1] index broadcasts to (b, heads, L) like a [1, heads, 1] one"),
+        _E("xǁStaticKVǁupdate", "_arange(b, None)", "the index is made on the default device instead of the key's", cpu_only=True),
+        _E("xǁStaticKVǁupdate", "_arange(heads, None)", "the index is made on the default device instead of the key's", cpu_only=True),
+        _E("xǁStaticKVǁ_arange", "torch.arange(n, )", "the arange is made on the default device instead of the given one", cpu_only=True),
+        _E("xǁStaticKVǁ__init__", 'self.rows: torch.Tensor | None = ""', "bind() sets the rows before every update; an unbound '' is falsy like None"),
+        _E("xǁStaticKVǁ__init__", 'self.positions: torch.Tensor | None = ""', "bind() sets the positions before every update"),
+        _E("xǁStaticKVǁ__init__", 'self.span: int | None = ""', "bind() sets the span before every update"),
+        _E("x_attention_mask", ".view(1, 1, length)", "a [1, 1, T] index broadcasts against the [b, 1, L, 1] positions like a [1, 1, 1, T] one"),
+        _E("x_attention", "keys.transpose(-1, +2)", "keys are [b, Hkv, T, hd]: dim 2 is dim -2"),
+        _E("x_attention", 'float("-INF")', "float() reads '-INF' as -inf"),
+        _E("xǁStaticKVǁcopy_slot", "if (upto is None) and False else upto", "`[:None]` is the whole slot, as `[:length]`"),
+        _E("x_decoder_forward", "if (span is None) or True else span", "the span only bounds the work: entries past a row's position are masked out either way"),
+    ],
     "streaming": [
         _E("xǁStreamingSessionǁ_llm", "DynamicCache(config=None)", "the LLM masks its own sliding window; a cache without the config keeps full layers, which "
            "only costs memory (tested with a sliding-window LLM)"),

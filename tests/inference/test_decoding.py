@@ -90,6 +90,7 @@ def test_static_kv_sizes_and_empty_buffers():
     assert StaticKV(MistralConfig(**SIZES, head_dim=6), 1, 4, "cpu", torch.float32).keys.shape == (3, 1, 2, 4, 6)
     assert StaticKV(MistralConfig(**SIZES, sliding_window=3), 1, 4, "cpu", torch.float32).sliding_window == 3
     assert StaticKV(MistralConfig(**SIZES, sliding_window=None), 1, 4, "cpu", torch.float32).sliding_window is None
+    assert StaticKV(LlamaConfig(**SIZES), 1, 4, "cpu", torch.float32).sliding_window is None  # Llama has no such field
 
 
 @pytest.mark.parametrize("rows", ["tensor", "slice", "none"])
