@@ -448,6 +448,55 @@ def test_snap_recovers_exact_times_from_float32():
     assert step is None and kept is off
 
 
+class _FakeDecordReader:
+    """Frames 0..19 at 10 fps, frame i a 1x1 image of value i; the `broken` ones fail to decode.
+    `singles` records the one-frame requests (the retries), in order."""
+
+    path = "fake.mp4"
+
+    def __init__(self, broken):
+        self.broken, self.singles = set(broken), []
+
+    def frames(self, indices, attempts=1):
+        if len(indices) == 1:
+            self.singles.append(indices[0])
+        if self.broken & set(indices):
+            raise video.decord.DECORDError("broken frame")
+        return np.stack([np.full((1, 1, 3), i, dtype=np.uint8) for i in indices])
+
+
+def _decord_picks(broken, times, lookback=None, monkeypatch=None):
+    if lookback is not None:
+        monkeypatch.setattr(video, "_DECORD_LOOKBACK", lookback)
+    reader = _FakeDecordReader(broken)
+    index = video._Index(pts=np.arange(20) / 10, duration_s=2.0, info=None, reader=reader)
+    stats = video._Stats()
+    picked = [(t, pts, int(frame[0, 0, 0])) for t, pts, frame in video._decord_pick(index, np.array(times), stats, video._LastGood())]
+    return picked, reader.singles, (stats.skipped, stats.dropped)
+
+
+@pytest.mark.skipif(not HAS_DECORD, reason="decord not installed")
+def test_decord_pick_replaces_a_broken_frame_by_the_last_good_one_before_it(monkeypatch):
+    """(t, pts, frame) by value: a broken selected frame is replaced by the newest good frame
+    after the one shown before (tried newest first, within the lookback); a range already
+    tried is not tried again; grid times before any good frame are dropped and counted."""
+    picked, singles, counts = _decord_picks({5, 8, 9}, [0.0, 0.5, 0.55, 0.9, 1.5])
+    assert picked == [(0.0, 0.0, 0), (0.5, 0.4, 4), (0.55, 0.4, 4), (0.9, 0.7, 7), (1.5, 1.5, 15)]
+    # The batch [0, 5, 9, 15] fails, then one by one; frame 5 is replaced by 4, 9 by 7 (8 is broken
+    # too: its one-frame batch fails, then its one-by-one retry).
+    assert singles == [0, 5, 9, 15, 4, 8, 8, 7] and counts == (3, 0)
+    # Nothing good before the first grid times: they are dropped, and the later ones still come.
+    picked, singles, counts = _decord_picks({0}, [0.0, 0.05, 0.1])
+    assert picked == [(0.1, 0.1, 1)] and counts == (1, 2)
+    # The lookback bounds the search: with 2, frames 8 and 7 are tried for 9, not 6.
+    picked, singles, counts = _decord_picks({7, 8, 9}, [0.9, 1.0], lookback=2, monkeypatch=monkeypatch)
+    assert picked == [(1.0, 1.0, 10)] and singles == [9, 10, 8, 8, 7, 7] and counts == (3, 1)
+    picked, _, _ = _decord_picks({8, 9}, [0.9], lookback=2, monkeypatch=monkeypatch)
+    assert picked == [(0.9, 0.7, 7)]
+    # The first frame can stand in too.
+    assert _decord_picks({1}, [0.1])[0] == [(0.1, 0.0, 0)]
+
+
 def test_follow_grid_holds_the_last_frame_shown():
     """(pts, end, payload) frames in; each grid time gets the last frame with pts <= t (a frame
     within 1 us after t counts as at t); times before the first frame are dropped and counted;
