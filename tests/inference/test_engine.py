@@ -149,6 +149,78 @@ def test_state_bytes_per_stream(tiny):
     assert sizes["gate_cache"] == 2 * g.num_hidden_layers * g.num_key_value_heads * (g.hidden_size // g.num_attention_heads) * gate_positions * 4
 
 
+def test_state_bytes_of_the_llm_context_by_value(tiny_tokenizer):
+    """A head width other than hidden / heads, fewer key-value heads than heads, and bf16."""
+    model, processor = make_tiny(tiny_tokenizer, max_context_tokens=300,
+                                 text_config={"head_dim": 16, "num_attention_heads": 4, "num_key_value_heads": 2})
+    model = model.to(torch.bfloat16)
+    lm = model.language_model.config
+    assert (lm.hidden_size, lm.num_hidden_layers, lm.head_dim) == (128, 2, 16)  # 16, not 128 / 4
+    sizes = Engine(model, processor, max_streams=2).state_bytes()
+    assert sizes["llm_context_max"] == 2 * 2 * 2 * 16 * 300 * 2  # keys and values, layers, kv heads, head width, positions, bytes
+    assert set(sizes) == {"epfe_state", "turn_memory", "gate_cache", "llm_context_max"}
+
+
+@pytest.mark.parametrize("static", [True, False])
+def test_the_dynamic_cache_path_replies_as_the_static_one(tiny_tokenizer, static):
+    """With the engine forced onto the dynamic-cache path (the one LLM architectures without a
+    static decoder take) or not: two streams replying in turns equal each stream alone, also after
+    a third stream replied (taking the LLM context) and was closed."""
+    model, processor = make_tiny(tiny_tokenizer, max_reply_tokens=4)
+    clips = [random_frames(4, seed=7), random_frames(4, seed=8)]
+    engine = Engine(model, processor, max_streams=3)
+    engine._llm_static = static
+    slots = [engine.open_stream(QUERIES[0]), engine.open_stream(QUERIES[1])]
+    texts = [[], []]
+    for i in range(4):
+        engine.step(slots, [clips[0][i], clips[1][i]])
+        for j, slot in enumerate(slots):
+            texts[j].append(engine.respond(slot))
+        if i in (1, 2):  # a third stream replies, so it holds the LLM context, and is closed
+            extra = engine.open_stream(QUERIES[2])
+            engine.step([extra], clips[1][:1])
+            engine.respond(extra)
+            engine.close_stream(extra)
+    for j in range(2):
+        _, expected = alone(model, processor, clips[j], QUERIES[j], threshold=0.0, max_new_tokens=4)
+        assert texts[j] == [t for _, t in expected]
+
+
+@pytest.mark.parametrize("static", [True, False])
+def test_a_closed_stream_that_does_not_hold_the_llm_leaves_the_holder_s_context(tiny_tokenizer, static):
+    model, processor = make_tiny(tiny_tokenizer, max_reply_tokens=4)
+    clip = random_frames(3, seed=11)
+    engine = Engine(model, processor, max_streams=2)
+    engine._llm_static = static
+    slot, other = engine.open_stream(QUERIES[0]), engine.open_stream(QUERIES[1])
+    texts = []
+    for i in range(3):
+        engine.step([slot], clip[i : i + 1])
+        texts.append(engine.respond(slot))
+        if i == 0:
+            engine.close_stream(other)  # never replied: slot still holds the LLM context
+    _, expected = alone(model, processor, clip, QUERIES[0], threshold=0.0, max_new_tokens=4)
+    assert texts == [t for _, t in expected]
+
+
+@pytest.mark.parametrize("static", [True, False])
+def test_greedy_and_beam_search_on_both_llm_paths(tiny_tokenizer, static):
+    """The offline answers (greedy ids, beam hypotheses) agree between the LLM's two paths."""
+    from streammind.evaluation.answering import encode_prompt
+
+    model, processor = make_tiny(tiny_tokenizer)
+    embeds = encode_prompt(model, processor, random_frames(4, seed=12), "What happens?")
+    reference = Engine(model, processor)
+    engine = Engine(model, processor)
+    engine._llm_static = static
+    assert engine.generate(embeds, max_new_tokens=6) == reference.generate(embeds, max_new_tokens=6)
+    hyps = engine.beam_search(embeds, max_new_tokens=5, num_beams=3, num_return_sequences=2, length_penalty=0.5)
+    expected = reference.beam_search(embeds, max_new_tokens=5, num_beams=3, num_return_sequences=2, length_penalty=0.5)
+    assert [(h.ids, h.finished) for h in hyps] == [(h.ids, h.finished) for h in expected] and len(hyps) == 2
+    for h, e in zip(hyps, expected):
+        assert h.logprob == pytest.approx(e.logprob, abs=1e-4) and h.score == pytest.approx(e.score, abs=1e-4)
+
+
 # ---- GPU: graphs and device preprocessing against the eager path ----------------------------
 
 
