@@ -221,6 +221,59 @@ def test_greedy_and_beam_search_on_both_llm_paths(tiny_tokenizer, static):
         assert h.logprob == pytest.approx(e.logprob, abs=1e-4) and h.score == pytest.approx(e.score, abs=1e-4)
 
 
+def test_push_clip_keeps_the_newest_turn_frames_and_works_in_any_slot(tiny_tokenizer):
+    """Chunks longer than the turn memory keep its newest max_turn_frames tokens (the parallel
+    path's tokens), across chunks too, in a stream's own slot (not slot 0)."""
+    model, processor = make_tiny(tiny_tokenizer, max_turn_frames=3)
+    frames = random_frames(9, seed=13)
+    pixels = processor.preprocess_frames(frames)[None]
+    with torch.no_grad():
+        tokens = model.get_perception_tokens(pixel_values=pixels)[0]  # [9, D]
+    engine = Engine(model, processor, max_streams=2)
+    engine.open_stream(QUERIES[0])
+    slot = engine.open_stream(QUERIES[1])
+    assert slot == 1
+    first = engine.push_clip(slot, frames[:7], threshold=1.0)
+    torch.testing.assert_close(engine.turn_tokens(slot), tokens[4:7], atol=1e-5, rtol=1e-5)
+    engine.push_clip(slot, frames[7:], threshold=1.0)
+    torch.testing.assert_close(engine.turn_tokens(slot), tokens[6:9], atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(first.probs, parallel_probs(model, processor, frames[:7], QUERIES[1]).numpy(), atol=1e-5)
+    # A bf16 model takes fp32 features: the same probabilities as its frame-by-frame steps.
+    model = model.to(torch.bfloat16)
+    clip, steps = Engine(model, processor), Engine(model, processor)
+    a, b = clip.open_stream(QUERIES[0]), steps.open_stream(QUERIES[0])
+    features = torch.randn(4, model.config.vision_dim)
+    chunked = clip.push_clip(a, features=features, threshold=1.0).probs
+    np.testing.assert_allclose(chunked, [steps.step_features([b], f[None])[0] for f in features], atol=2e-2)
+
+
+def test_push_clip_replies_above_one_half_by_default(tiny_tokenizer):
+    model, processor = make_tiny(tiny_tokenizer, max_reply_tokens=2)
+    with torch.no_grad():
+        model.gate.head.bias.copy_(torch.tensor([0.0, 8.0]))  # p(respond) near 1 on every frame
+    engine = Engine(model, processor)
+    result = engine.push_clip(engine.open_stream(QUERIES[0]), random_frames(3, seed=14))
+    assert [i for i, _, _ in result.replies] == [0, 1, 2] and all(p > 0.99 for p in result.probs)
+
+
+def test_generate_stops_at_eos_and_refuses_what_the_context_cannot_hold(tiny_tokenizer):
+    from streammind.evaluation.answering import encode_prompt
+
+    model, processor = make_tiny(tiny_tokenizer, max_context_tokens=200)
+    embeds = encode_prompt(model, processor, random_frames(2, seed=15), "What happens?")
+    engine = Engine(model, processor)
+    ids = engine.generate(embeds, max_new_tokens=6)
+    assert len(ids) == 6 and len(set(ids)) > 1
+    # With the third token as EOS, generation stops before it.
+    processor.eos_token_id = ids[2]
+    assert engine.generate(embeds, max_new_tokens=6) == ids[:2]
+    # The prompt, the new tokens and EOS must fit max_context_tokens, exactly.
+    room = 200 - embeds.shape[1] - 1
+    assert len(engine.generate(embeds, max_new_tokens=room)) <= room
+    with pytest.raises(ValueError, match=f"a prompt of {embeds.shape[1]} tokens \\+ {room + 1} new ones exceeds max_context_tokens \\(200\\)"):
+        engine.generate(embeds, max_new_tokens=room + 1)
+
+
 # ---- GPU: graphs and device preprocessing against the eager path ----------------------------
 
 
