@@ -18,6 +18,13 @@ from tests.helpers import make_tiny
 QUERIES = ["Tell me when a shape appears.", "Say when something turns red.", "Narrate the moves."]
 
 
+def peaked_llm(model, processor):
+    """10x larger LLM logits: no near-ties in greedy decoding between two equal computations."""
+    with torch.no_grad():
+        model.language_model.lm_head.weight.mul_(10.0)
+    return model, processor
+
+
 def random_frames(n, seed=0, size=40):
     rng = np.random.default_rng(seed)
     return rng.integers(0, 256, size=(n, size, size + 8, 3), dtype=np.uint8)
@@ -272,6 +279,35 @@ def test_generate_stops_at_eos_and_refuses_what_the_context_cannot_hold(tiny_tok
     assert len(engine.generate(embeds, max_new_tokens=room)) <= room
     with pytest.raises(ValueError, match=f"a prompt of {embeds.shape[1]} tokens \\+ {room + 1} new ones exceeds max_context_tokens \\(200\\)"):
         engine.generate(embeds, max_new_tokens=room + 1)
+
+
+def test_a_reply_decoded_a_few_tokens_at_a_time(tiny_tokenizer):
+    """start_reply clears the turn memory at once; advance(n) decodes n tokens per call (each
+    passed to on_token in order), returns False until the reply is done, then True; the text and
+    the turn appear when done, equal to a whole `respond` on a twin stream."""
+    model, processor = make_tiny(tiny_tokenizer, max_reply_tokens=5)
+    model, processor = peaked_llm(model, processor)
+    frames = random_frames(2, seed=16)
+    engine = Engine(model, processor, max_streams=2)
+    slot, twin = engine.open_stream(QUERIES[0]), engine.open_stream(QUERIES[0])
+    engine.step([slot, twin], np.stack([frames[0], frames[0]]))
+    expected = engine.respond(twin)
+    seen = []
+    task = engine.start_reply(slot, on_token=seen.append)
+    assert engine.turn_tokens(slot).shape[0] == 0 and engine.gate_frames(slot) == 0
+    assert task.text is None and task.done is False and len(engine.conversation(slot).turns) == 0
+    rounds = []
+    while True:
+        done = task.advance(2)
+        rounds.append(len(task.generated))
+        if done:
+            break
+        assert done is False and task.text is None
+    assert done is True and task.advance() is True  # nothing left to do
+    n = len(engine.conversation(twin).turns[0].reply_ids) - 1  # the twin's tokens, EOS excluded
+    assert rounds[:-1] == list(range(2, n, 2))[: len(rounds) - 1] and rounds[-1] == n and task.generated == seen
+    assert task.text == expected and len(engine.conversation(slot).turns) == 1
+    assert engine.conversation(slot).turns[0].reply_ids == engine.conversation(twin).turns[0].reply_ids
 
 
 # ---- GPU: graphs and device preprocessing against the eager path ----------------------------

@@ -287,6 +287,30 @@ def test_streamed_dialogue_equals_the_rendered_conversation(tiny_tokenizer, scen
         assert len(kept) == 2 and min(kept) >= 2, kept  # the context was rebuilt from several kept turns
 
 
+def test_eviction_at_every_budget_near_the_boundaries(tiny_tokenizer):
+    """A sweep of context budgets, so that some turn fills the budget exactly and some kept turn
+    fits its bound exactly: replies, evictions and the context length equal the reference's at
+    every budget (an off-by-one in either bound changes one of them)."""
+    model, processor = peaked(make_tiny(tiny_tokenizer, max_reply_tokens=3, max_turn_frames=1))
+    frames = random_frames(8, seed=31)
+    events = [*frames[:3], "Now say when it turns red.", *frames[3:]]
+    evicting = 0
+    for budget in [*range(118, 168, 3), 184, 185]:  # 184 and 185: a kept turn fills its bound exactly
+        model.config.max_context_tokens = processor.config.max_context_tokens = budget
+        session = StreamingSession(model, processor, query=QUERY, threshold=0.0)
+        streamed = []
+        for event in events:
+            if isinstance(event, str):
+                session.add_query(event)
+            else:
+                streamed.append(session.push(event, len(streamed) / 2).text)
+        with torch.no_grad():
+            expected, kept, length = reference_dialogue(model, processor, frames, [QUERY, *events], max_new=3, budget=budget)
+        assert (streamed, session.stats.llm_rebuilds, session.llm_length) == (expected, len(kept), length), budget
+        evicting += bool(kept)
+    assert evicting >= 5  # most budgets evict
+
+
 def test_reset_takes_a_new_query_and_the_config_threshold(tiny_tokenizer):
     model, processor = peaked(make_tiny(tiny_tokenizer, gate_threshold=0.0, max_reply_tokens=2))
     frames = random_frames(3, seed=23)
