@@ -77,10 +77,12 @@ MODULES: dict[str, Target] = {
     "engine": Target(
         "streammind/engine.py",
         (_ENGINE, _STREAMING, "tests/inference/test_decoding.py", "tests/evaluation/test_offline.py"),
-        # Not the CUDA-graph machinery (_Graph, capture, _replay_always_on, _decode_graph): it runs on a GPU only.
-        functions=("xǁEngineǁ__init__", "xǁEngineǁopen_stream", "xǁEngineǁclose_stream", "xǁEngineǁturn_tokens", "xǁEngineǁgate_frames",
+        # Not the CUDA-graph machinery (_Graph, capture, _replay_always_on, _decode_graph) and the pinned
+        # staging of frames (_to_device): they run on a GPU only. Not __init__ either (buffers and settings,
+        # most of them GPU-only: graphs, batch sizes, compile); every engine test runs it.
+        functions=("xǁEngineǁopen_stream", "xǁEngineǁclose_stream", "xǁEngineǁturn_tokens", "xǁEngineǁgate_frames",
                    "xǁEngineǁ_conversation", "xǁEngineǁ_check_slot", "xǁEngineǁ_prefill_gate", "xǁEngineǁ_rows", "xǁEngineǁ_always_on",
-                   "xǁEngineǁ_to_device", "xǁEngineǁ_run_always_on", "xǁEngineǁ_gate_chunk", "xǁEngineǁ_append_memory",
+                   "xǁEngineǁ_run_always_on", "xǁEngineǁ_gate_chunk", "xǁEngineǁ_append_memory",
                    "xǁEngineǁ_turn_embeddings", "xǁEngineǁ_embed_ids", "xǁEngineǁ_rebuild_context", "xǁEngineǁ_hold_llm",
                    "xǁEngineǁ_llm_extend", "xǁEngineǁ_llm_decode", "xǁEngineǁ_span", "xǁEngineǁstate_bytes",
                    "xǁEngineǁreset_stream", "xǁEngineǁset_query", "xǁEngineǁstep", "xǁEngineǁstep_features", "xǁEngineǁpush_clip",
@@ -333,6 +335,38 @@ EQUIVALENT: dict[str, list[Equivalent]] = {
         _E("x_attention", 'float("-INF")', "float() reads '-INF' as -inf"),
         _E("xǁStaticKVǁcopy_slot", "if (upto is None) and False else upto", "`[:None]` is the whole slot, as `[:length]`"),
         _E("x_decoder_forward", "if (span is None) or True else span", "the span only bounds the work: entries past a row's position are masked out either way"),
+    ],
+    "engine": [
+        # The prefill's bucket padding runs on CUDA only (`device.type == "cuda"`); where it runs anyway, the
+        # padded positions are masked and overwritten by the next tokens, so it changes no value.
+        _E("xǁEngineǁ_llm_extend", "if self.device.type", "the prefill bucket padding is CUDA-only and changes no value",
+           removed='if self.device.type == "cuda" and L > 1:', cpu_only=True),
+        _E("xǁEngineǁ_llm_extend", "padded", "the prefill bucket padding is CUDA-only and changes no value",
+           removed="padded = max(L, min(", cpu_only=True),
+        _E("xǁEngineǁ_llm_extend", "if padded >= L:", "on the CPU padded == L: padding with zero positions changes nothing", cpu_only=True),
+        _E("xǁEngineǁ_llm_extend", "embeds", "the prefill bucket padding is CUDA-only and changes no value",
+           removed="new_zeros(1, padded - L", cpu_only=True),
+        _E("xǁEngineǁ_append_memory", "count - skipped", "tokens were cut to the newest K just before, so skipped is always 0"),
+        _E("xǁEngineǁ_gate_chunk", "dim=+1)[:, 1]", "the logits are [k, 2]: dim 1 is the last"),
+        _E("xǁEngineǁ_hold_llm", "StaticKV(self.model.language_model.config, 2, length", "one slot is used; a second only costs memory"),
+        _E("xǁEngineǁ_hold_llm", "n = None", "saving the whole context instead of its first n positions: the rest is masked when restored"),
+        _E("xǁEngineǁ_hold_llm", "n = conv.saved_kv[1].shape[3]", "saved keys and values have the same shape"),
+        _E("xǁEngineǁ_hold_llm", 'conv.saved_kv = ""', "a holder's saved context is written before it is read again"),
+        _E("xǁEngineǁpush_clip", "max(self.chunk_size, 2)", "chunking the tower's batch does not change its per-frame features"),
+        _E("xǁEngineǁpush_clip", "if (self.per_frame_gate) and False else", "per-frame gate: the window is 1, so the room is one frame: the same probabilities, more calls"),
+        _E("xǁEngineǁpush_clip", "room = k + i if", "a room past the clip's end is cut by the slices (tokens[i : i + room], probs[i : i + n])"),
+        _E("xǁEngineǁpush_clip", "min(k + i, self.window", "a room past the clip's end is cut by the slices (tokens[i : i + room], probs[i : i + n])"),
+        _E("xǁReplyTaskǁ__init__", "user = conv.pending_user if (conv.llm_length) or True", "on the first turn pending_user already holds the query (reset_stream sets it)"),
+        _E("xǁReplyTaskǁ__init__", "config.max_context_tokens / 2", "a float half budget compares like the integer one with integer token counts"),
+        _E("xǁReplyTaskǁ__init__", "reply_ids=None)", "the turn's reply_ids are set when it closes, before anything reads them"),
+        _E("xǁEngineǁstate_bytes", "t[1].numel()", "every slot has the same size"),
+        _E("xǁEngineǁstate_bytes", 'getattr(lm, "head_dim", )', "Mistral and Llama configs always set head_dim"),
+        _E("xǁEngineǁstate_bytes", 'getattr(lm, "num_key_value_heads", None)', "Mistral and Llama configs always set num_key_value_heads"),
+        _E("xǁEngineǁstate_bytes", 'getattr(lm, "num_key_value_heads", )', "Mistral and Llama configs always set num_key_value_heads"),
+        _E("xǁEngineǁbeam_search", "cache.batch_repeat_interleave", "the first reorder (all rows from beam 0) makes the K rows anyway", removed="batch_repeat_interleave"),
+        _E("x_beam_search", "candidates.topk(min(3 * K", "at most K of the first 2K candidates are EOS (one per beam), so K live ones are found either way"),
+        _E("x_beam_search", "step - 1", "for length_penalty <= 0 a shorter bound length only loosens the bound (0: it is not used)"),
+        _E("x_beam_search", "bound_length) < finished[-1].score", "stopping only on a strict loss: the same result, a tie goes on"),
     ],
     "streaming": [
         _E("xǁStreamingSessionǁ_llm", "DynamicCache(config=None)", "the LLM masks its own sliding window; a cache without the config keeps full layers, which "

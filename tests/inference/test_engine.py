@@ -103,6 +103,8 @@ def test_chunks_of_frames_equal_frame_by_frame(tiny_tokenizer, gate_mode, chunk)
     np.testing.assert_allclose(session.stats.probs, probs, atol=1e-5)
     assert [(r.frame_index, r.text) for r in clip_replies] == replies
     assert [r.time for r in clip_replies] == [i / 2 for i, _ in replies]
+    assert [r.prob for r in clip_replies] == pytest.approx([probs[i] for i, _ in replies], abs=1e-5)
+    assert session.gate_frames == (1 if gate_mode == "per_frame" else (len(frames) - 1 - replies[-1][0]) % 5)
 
 
 def test_replies_of_streams_sharing_the_llm_equal_each_stream_alone(tiny_tokenizer):
@@ -252,6 +254,33 @@ def test_push_clip_keeps_the_newest_turn_frames_and_works_in_any_slot(tiny_token
     features = torch.randn(4, model.config.vision_dim)
     chunked = clip.push_clip(a, features=features, threshold=1.0).probs
     np.testing.assert_allclose(chunked, [steps.step_features([b], f[None])[0] for f in features], atol=2e-2)
+
+
+def test_push_clip_fires_strictly_above_the_threshold_with_its_reply_cap(tiny_tokenizer):
+    model, processor = make_tiny(tiny_tokenizer, max_reply_tokens=5)
+    frames = random_frames(6, seed=17)
+    engine = Engine(model, processor)
+    probe = engine.push_clip(engine.open_stream(QUERIES[0]), frames, threshold=1.0).probs
+    assert probe.dtype == np.float32
+    top = int(np.argmax(probe))
+    # A threshold equal to the highest probability: no frame is above it; just below it, that frame.
+    fresh = Engine(model, processor)
+    assert fresh.push_clip(fresh.open_stream(QUERIES[0]), frames, threshold=float(probe[top])).replies == []
+    fresh = Engine(model, processor)
+    slot = fresh.open_stream(QUERIES[0])
+    result = fresh.push_clip(slot, frames, threshold=float(np.nextafter(probe[top], np.float32(0))), max_new_tokens=1)
+    assert [(i, p) for i, p, _ in result.replies] == [(top, pytest.approx(float(probe[top])))]
+    assert len(fresh.conversation(slot).turns[0].reply_ids) <= 2  # one token at most, then EOS
+
+
+def test_a_bf16_model_replies_through_a_bf16_llm_context(tiny_tokenizer):
+    model, processor = make_tiny(tiny_tokenizer, max_reply_tokens=2)
+    model = model.to(torch.bfloat16)
+    engine = Engine(model, processor)
+    slot = engine.open_stream(QUERIES[0])
+    engine.step([slot], random_frames(1, seed=18))
+    assert isinstance(engine.respond(slot), str)
+    assert engine._llm_kv.keys.dtype == torch.bfloat16 and engine._llm_kv.keys.device.type == "cpu"
 
 
 def test_push_clip_replies_above_one_half_by_default(tiny_tokenizer):
