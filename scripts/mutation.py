@@ -369,6 +369,9 @@ EQUIVALENT: dict[str, list[Equivalent]] = {
         _E("x_beam_search", "bound_length) < finished[-1].score", "stopping only on a strict loss: the same result, a tie goes on"),
     ],
     "streaming": [
+        _E("x_push_clip_chunks", "size = None", "without a chunk size everything is flushed as one chunk at the end: chunking changes no result"),
+        _E("x_push_clip_chunks", "if len(chunk) != size:", "flushing after every frame: chunks of one, the same results"),
+
         _E("xǁStreamingSessionǁ_llm", "DynamicCache(config=None)", "the LLM masks its own sliding window; a cache without the config keeps full layers, which "
            "only costs memory (tested with a sliding-window LLM)"),
         _E("xǁStreamingSessionǁ_llm", "position = None", "the LLM counts positions from its cache length, which is llm_length"),

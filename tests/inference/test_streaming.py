@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from streammind import StreamingSession
+from streammind.engine import Engine
 from tests.helpers import make_tiny
 
 QUERY = "Tell me when a shape appears."
@@ -309,6 +310,78 @@ def test_eviction_at_every_budget_near_the_boundaries(tiny_tokenizer):
         assert (streamed, session.stats.llm_rebuilds, session.llm_length) == (expected, len(kept), length), budget
         evicting += bool(kept)
     assert evicting >= 5  # most budgets evict
+
+
+def test_session_settings_are_checked_by_value():
+    from streammind.streaming import SessionInputError, check_max_new_tokens, check_threshold
+
+    for good in (0, 0.0, 0.5, 1, 1.0):
+        assert check_threshold(good) == float(good) and isinstance(check_threshold(good), float)
+    for bad in (True, False, "0.5", None, float("nan"), float("inf"), -0.01, 1.01, 2):
+        with pytest.raises(SessionInputError, match="threshold must be a finite number in \\[0, 1\\]"):
+            check_threshold(bad)
+    assert check_max_new_tokens(1) == 1 and check_max_new_tokens(7) == 7
+    for bad in (True, 0, -1, 1.0, "3", None):
+        with pytest.raises(SessionInputError, match="max_new_tokens must be an integer >= 1"):
+            check_max_new_tokens(bad)
+
+
+def test_session_push_clip_keeps_its_stats_across_calls(tiny_tokenizer):
+    """Two push_clip calls: frames, probabilities, times, replies (with their probabilities, the
+    session's reply cap and frame indices counted across calls), the last probability and the
+    rebuild count; push_clip_chunks with the engine's chunk size by default and on_reply."""
+    from streammind.streaming import push_clip_chunks
+
+    model, processor = peaked(make_tiny(tiny_tokenizer, max_reply_tokens=4))
+    frames = random_frames(6, seed=37)
+    probe = StreamingSession(model, processor, query=QUERY, threshold=1.0)
+    stream(probe, frames)
+    threshold = float(np.quantile(probe.stats.probs, 0.5))
+    one = StreamingSession(model, processor, query=QUERY, threshold=threshold, max_new_tokens=1)
+    expected = [(r.frame_index, r.time, r.text, r.prob) for r in stream(one, frames)]
+    assert expected and all(len(t.reply_ids) <= 2 for t in one.turns)  # one token at most, then EOS
+    session = StreamingSession(model, processor, query=QUERY, threshold=threshold, max_new_tokens=1)
+    times = [i / 2 for i in range(6)]
+    replies = session.push_clip(frames[:4], times[:4]) + session.push_clip(frames[4:], times[4:])
+    assert [(r.frame_index, r.time, r.text, r.prob) for r in replies] == [(i, t, x, pytest.approx(p, abs=1e-5)) for i, t, x, p in expected]
+    assert session.stats.frames == 6 and session.stats.times == times and session.stats.replies == len(expected)
+    np.testing.assert_allclose(session.stats.probs, one.stats.probs, atol=1e-5)
+    assert session.last_prob == pytest.approx(one.stats.probs[-1], abs=1e-5) and session.stats.llm_rebuilds == 0
+    chunked, seen = StreamingSession(model, processor, query=QUERY, threshold=threshold, max_new_tokens=1), []
+    got = push_clip_chunks(chunked, list(zip(times, frames)), on_reply=seen.append)
+    assert [(r.frame_index, r.text) for r in got] == [(i, x) for i, _, x, _ in expected] and seen == got
+
+
+def test_queries_over_the_budget_are_refused_on_reset_and_when_joined(tiny_tokenizer):
+    """A query is checked on reset with the session's reply cap and the engine's prompt room,
+    and a joining query together with the ones still waiting; a refused one changes nothing."""
+    from streammind.streaming import SessionInputError
+
+    model, processor = make_tiny(tiny_tokenizer, max_context_tokens=120, max_turn_frames=1)
+    session = StreamingSession(model, processor, query=QUERY, threshold=1.0, max_new_tokens=2)
+    ids = lambda text: len(processor.encode_turn_prefix(text, processor.placeholders_for(1), first=True))  # noqa: E731
+    words = "red green blue square circle moves".split()
+    text = ""
+    while ids(text + " " + words[0]) + 2 + 1 <= 120:  # the longest query whose first turn and reply fit
+        text = (text + " " + words[len(text.split()) % len(words)]).strip()
+    session.reset(query=text)  # fits
+    assert session.query == text
+    with pytest.raises(SessionInputError, match="the query is too long"):
+        session.reset(query=text + " red")
+    assert session.query == text
+    small = StreamingSession(model, processor, query=QUERY, threshold=1.0, max_new_tokens=2)
+    half = " ".join(text.split()[: len(text.split()) // 2 + 1])
+    small.add_query(half)  # fits alone
+    with pytest.raises(SessionInputError, match="the query is too long"):
+        small.add_query(half)  # with the waiting one, it does not
+    assert small.pending_user == f"{QUERY}\n{half}"
+    # The prompt room counts too: the engine's, not the default 512.
+    room = len(processor.encode_gate_prompt(QUERY)) + 2
+    tight = StreamingSession(model, processor, query=QUERY, threshold=1.0, max_new_tokens=2, engine=Engine(model, processor, max_prompt_tokens=room))
+    with pytest.raises(SessionInputError, match="too long for the gate"):
+        tight.reset(query="red " * 30)
+    with pytest.raises(SessionInputError, match="too long for the gate"):
+        tight.add_query("red " * 30)
 
 
 def test_reset_takes_a_new_query_and_the_config_threshold(tiny_tokenizer):
