@@ -384,6 +384,52 @@ def test_queries_over_the_budget_are_refused_on_reset_and_when_joined(tiny_token
         tight.add_query("red " * 30)
 
 
+def test_the_query_rule_at_its_exact_bounds(tiny_tokenizer):
+    """check_query: the first turn with a full turn memory, the reply cap and EOS may fill the LLM
+    budget exactly, and the gate prompt its room exactly; one token more is refused, with the
+    query's own token count in the message. A session checks its first query against its
+    engine's room (512 tokens without one) and keeps the model, config and engine it was given."""
+    from streammind.streaming import SessionInputError, check_query
+
+    model, processor = make_tiny(tiny_tokenizer, max_turn_frames=2)
+    query = "Say when the red square reaches the corner."
+    need = len(processor.encode_turn_prefix(query, processor.placeholders_for(2), first=True)) + 3 + 1
+    n_query = len(processor.tokenizer.encode(query, add_special_tokens=False))
+    processor.config.max_context_tokens = need
+    check_query(processor, query, 3)
+    processor.config.max_context_tokens = need - 1
+    with pytest.raises(SessionInputError, match=f"the query is too long: {n_query} tokens, .* needs {need} of the LLM's {need - 1}"):
+        check_query(processor, query, 3)
+    processor.config.max_context_tokens = 8192
+    room = len(processor.encode_gate_prompt(query))
+    check_query(processor, query, 3, max_prompt_tokens=room)
+    with pytest.raises(SessionInputError, match=f"its prompt is {room} tokens, the room for it {room - 1}"):
+        check_query(processor, query, 3, max_prompt_tokens=room - 1)
+    engine = Engine(model, processor, max_prompt_tokens=room)
+    session = StreamingSession(model, processor, query=query, engine=engine)
+    assert session.engine is engine and session.model is model and session.config is model.config
+    with pytest.raises(SessionInputError, match="too long for the gate"):
+        StreamingSession(model, processor, query=query + " Now.", engine=Engine(model, processor, max_prompt_tokens=room))
+    with pytest.raises(ValueError, match="another model"):
+        StreamingSession(make_tiny(tiny_tokenizer)[0], processor, engine=engine)
+    # Without an engine the room is 512: a gate prompt of 513 tokens is refused.
+    words = ["red"]
+    while len(processor.encode_gate_prompt(" ".join(words))) < 513:
+        words.append("red")
+    assert len(processor.encode_gate_prompt(" ".join(words))) == 513
+    with pytest.raises(SessionInputError, match="its prompt is 513 tokens, the room for it 512"):
+        StreamingSession(model, processor, query=" ".join(words))
+    assert StreamingSession(model, processor, query=" ".join(words[:-1])).query == " ".join(words[:-1])
+
+
+def test_timestamps_are_recorded_for_pushed_features(tiny):
+    model, processor = tiny
+    session = StreamingSession(model, processor, query=QUERY, threshold=1.0)
+    session.push_features(torch.randn(1, model.config.vision_dim), 0.25)
+    session.push(random_frames(1, seed=41)[0], 0.75)
+    assert session.stats.times == [0.25, 0.75] and len(session.stats.probs) == 2
+
+
 def test_reset_takes_a_new_query_and_the_config_threshold(tiny_tokenizer):
     model, processor = peaked(make_tiny(tiny_tokenizer, gate_threshold=0.0, max_reply_tokens=2))
     frames = random_frames(3, seed=23)
