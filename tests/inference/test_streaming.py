@@ -360,10 +360,10 @@ def test_queries_over_the_budget_are_refused_on_reset_and_when_joined(tiny_token
     model, processor = make_tiny(tiny_tokenizer, max_context_tokens=120, max_turn_frames=1)
     session = StreamingSession(model, processor, query=QUERY, threshold=1.0, max_new_tokens=2)
     ids = lambda text: len(processor.encode_turn_prefix(text, processor.placeholders_for(1), first=True))  # noqa: E731
-    words = "red green blue square circle moves".split()
-    text = ""
-    while ids(text + " " + words[0]) + 2 + 1 <= 120:  # the longest query whose first turn and reply fit
-        text = (text + " " + words[len(text.split()) % len(words)]).strip()
+    text = "red"
+    while ids(text + " red") + 2 + 1 <= 120:  # the longest query of reds whose first turn and reply fit
+        text += " red"
+    assert ids(text) + 3 <= 120 < ids(text + " red") + 3
     session.reset(query=text)  # fits
     assert session.query == text
     with pytest.raises(SessionInputError, match="the query is too long"):
