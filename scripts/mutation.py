@@ -371,6 +371,7 @@ EQUIVALENT: dict[str, list[Equivalent]] = {
     "streaming": [
         _E("x_push_clip_chunks", "size = None", "without a chunk size everything is flushed as one chunk at the end: chunking changes no result"),
         _E("x_push_clip_chunks", "if len(chunk) != size:", "flushing after every frame: chunks of one, the same results"),
+        _E("x_push_clip_chunks", "size = chunk_size and session.engine.chunk_size", "the engine's chunk size instead of the given one: chunking changes no result"),
 
         _E("xǁStreamingSessionǁ_llm", "DynamicCache(config=None)", "the LLM masks its own sliding window; a cache without the config keeps full layers, which "
            "only costs memory (tested with a sliding-window LLM)"),
