@@ -428,6 +428,8 @@ EQUIVALENT: dict[str, list[Equivalent]] = {
         _E("xǁCognitionGateǁforward", "use_cache=None", _UNUSED_CACHE),
         _E("xǁCognitionGateǁforward", "use_cache=True", _UNUSED_CACHE),
         _E("xǁCognitionGateǁforward", "position_ids=position_ids, )", _UNUSED_CACHE),
+        _E("xǁCognitionGateǁframe_logits", "masked_fill(~real[..., None], 1)", "padding sits at the end of a segment: causal attention never reads it and its outputs are dropped"),
+        _E("xǁCognitionGateǁframe_logits", "prompt_ids.shape[1] >= 0", "an empty prompt concatenates nothing: the same embeddings and mask"),
         _E("xǁCognitionGateǁframe_logits", "if (p.numel()) or True", "embedding an empty id tensor gives the same [0, D] tensor"),
         _E("xǁCognitionGateǁframe_logits", "max(s.end + s.start", "only adds right padding, which causal attention never reads and the output drops"),
         _E("xǁCognitionGateǁframe_logits", "max_prompt + s.end + s.start] = 1", "marks right padding as real; later positions never reach earlier ones (causal)"),

@@ -272,3 +272,24 @@ def test_gate_window_defaults_and_the_per_frame_window(tiny_tokenizer):
     assert model.config.gate_context_window == 7
     model, _ = make_tiny(tiny_tokenizer, gate_mode="per_frame", gate_window=7)
     assert model.config.gate_context_window == 1
+
+
+def test_frame_logits_of_no_segments_and_of_a_one_token_prompt(tiny):
+    """No segments (every frame is padding): zero logits of the batch's shape. A one-token prompt
+    is read like a longer one: the frames' logits are a plain forward after it."""
+    model, _ = tiny
+    gate = model.gate
+    D = model.config.hidden_size
+    tokens = torch.randn(2, 3, D, generator=torch.Generator().manual_seed(3))
+    empty = gate_layout(torch.zeros(2, 3, dtype=torch.bool), torch.zeros(2, 3, dtype=torch.bool), 4)
+    with torch.no_grad():
+        none = gate.frame_logits(tokens, empty, torch.tensor([[5], [6]]))
+    assert none.shape == (2, 3, 2) and not none.any()
+    layout = gate_layout(torch.ones(1, 3, dtype=torch.bool), torch.zeros(1, 3, dtype=torch.bool), 4)
+    with torch.no_grad():
+        with_prompt = gate.frame_logits(tokens[:1], layout, torch.tensor([[5]]))
+        without = gate.frame_logits(tokens[:1], layout, None)
+        by_hand = gate(torch.cat([gate.embed(torch.tensor([[5]])), tokens[:1]], dim=1))[:, 1:]
+    torch.testing.assert_close(with_prompt, by_hand, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(with_prompt, without, atol=1e-3)
+
