@@ -430,6 +430,31 @@ def test_timestamps_are_recorded_for_pushed_features(tiny):
     assert session.stats.times == [0.25, 0.75] and len(session.stats.probs) == 2
 
 
+def test_close_gives_the_slot_back(tiny):
+    model, processor = tiny
+    engine = Engine(model, processor, max_streams=1)
+    session = StreamingSession(model, processor, query=QUERY, engine=engine)
+    with pytest.raises(RuntimeError, match="all 1 stream slots are in use"):
+        engine.open_stream(QUERY)
+    session.close()
+    assert engine.open_stream(QUERY) == session.slot
+
+
+def test_a_query_after_a_reply_is_checked_alone(tiny_tokenizer):
+    """After a reply no query waits: a query that fills the budget exactly is accepted (not
+    checked with anything in front of it)."""
+    model, processor = peaked(make_tiny(tiny_tokenizer, max_context_tokens=120, max_turn_frames=1, max_reply_tokens=2))
+    session = StreamingSession(model, processor, query=QUERY, threshold=0.0, max_new_tokens=2)
+    assert session.push(random_frames(1, seed=43)[0], 0.0) is not None and session.pending_user is None
+    ids = lambda text: len(processor.encode_turn_prefix(text, processor.placeholders_for(1), first=True))  # noqa: E731
+    text = "red"
+    while ids(text + " red") + 3 <= 120:
+        text += " red"
+    assert ids(text) + 3 <= 120 < ids(f"None\n{text}") + 3
+    session.add_query(text)
+    assert session.pending_user == text
+
+
 def test_reset_takes_a_new_query_and_the_config_threshold(tiny_tokenizer):
     model, processor = peaked(make_tiny(tiny_tokenizer, gate_threshold=0.0, max_reply_tokens=2))
     frames = random_frames(3, seed=23)
