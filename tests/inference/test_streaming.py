@@ -312,6 +312,29 @@ def test_eviction_at_every_budget_near_the_boundaries(tiny_tokenizer):
     assert evicting >= 5  # most budgets evict
 
 
+def test_a_turn_longer_than_half_the_budget_keeps_room_for_itself(tiny_tokenizer):
+    """A long query joins: its turn needs more than half the budget, so the kept turns must fit
+    what is left of the budget after it (not half the budget), and the context stays within it."""
+    model, processor = peaked(make_tiny(tiny_tokenizer, max_reply_tokens=3, max_turn_frames=1, max_context_tokens=200))
+    follow = lambda text: len(processor.encode_turn_prefix(text, 1, first=False))  # noqa: E731
+    long_query = "red"
+    while follow(long_query + " red") + 3 + 1 <= 120:  # more than half of 200
+        long_query += " red"
+    frames = random_frames(6, seed=47)
+    # The turn after "Count them." can re-open the conversation with its own short text.
+    events = [*frames[:3], "Count them.", frames[3], long_query, *frames[4:]]
+    session = StreamingSession(model, processor, query=QUERY, threshold=0.0)
+    streamed = []
+    for event in events:
+        if isinstance(event, str):
+            session.add_query(event)
+        else:
+            streamed.append(session.push(event, len(streamed) / 2).text)
+    with torch.no_grad():
+        expected, kept, length = reference_dialogue(model, processor, frames, [QUERY, *events], max_new=3, budget=200)
+    assert streamed == expected and session.stats.llm_rebuilds == len(kept) >= 1 and session.llm_length == length <= 200
+
+
 def test_session_settings_are_checked_by_value():
     from streammind.streaming import SessionInputError, check_max_new_tokens, check_threshold
 
