@@ -442,6 +442,8 @@ def test_the_query_rule_at_its_exact_bounds(tiny_tokenizer):
     assert len(processor.encode_gate_prompt(" ".join(words))) == 513
     with pytest.raises(SessionInputError, match="its prompt is 513 tokens, the room for it 512"):
         StreamingSession(model, processor, query=" ".join(words))
+    with pytest.raises(SessionInputError, match="its prompt is 513 tokens, the room for it 512"):
+        check_query(processor, " ".join(words), 3)  # the default room
     assert StreamingSession(model, processor, query=" ".join(words[:-1])).query == " ".join(words[:-1])
 
 
