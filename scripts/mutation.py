@@ -654,10 +654,11 @@ def report(modules: list[str], out: Path) -> float | None:
         target, ws = MODULES[name], WORK / name
         codes = _results(ws, target)
         if not codes:
-            rows.append(f"| {name} | not run | | | | | |")
+            rows.append(f"| {name} | not run | | | | | | |")
             continue
         killed = [k for k, v in codes.items() if v in _KILLED]
-        diffs = {k: _diff(ws, k, target.path) for k, v in codes.items() if v not in _KILLED}
+        not_run = [k for k, v in codes.items() if v is None]  # a run stopped before reaching them
+        diffs = {k: _diff(ws, k, target.path) for k, v in codes.items() if v not in _KILLED and v is not None}
         reasons, cpu_reasons = {}, {}
         used = set()
         for k in diffs:
@@ -673,11 +674,11 @@ def report(modules: list[str], out: Path) -> float | None:
         equivalent = list(reasons)
         cpu_only = [k for k in diffs if codes[k] in _SURVIVED and k not in reasons and (k in cpu_reasons or _device_only(diffs[k]))]
         left = [k for k in diffs if k not in equivalent and k not in cpu_only]
-        counted = len(codes) - len(equivalent) - len(cpu_only)
+        counted = len(codes) - len(equivalent) - len(cpu_only) - len(not_run)
         total_killed += len(killed)
         total_counted += counted
         score = 100.0 * len(killed) / counted if counted else 100.0
-        rows.append(f"| {name} | {len(codes)} | {len(killed)} | {len(left)} | {len(equivalent)} | {len(cpu_only)} | {score:.1f} % |")
+        rows.append(f"| {name} | {len(codes)} | {len(killed)} | {len(left)} | {len(equivalent)} | {len(cpu_only)} | {len(not_run)} | {score:.1f} % |")
         if diffs:
             sections.append(f"### {name}\n")
             for k in sorted(left, key=_mutant_order):
@@ -693,10 +694,11 @@ def report(modules: list[str], out: Path) -> float | None:
         f"# Mutation report ({date.today().isoformat()}, commit {_commit()})",
         "",
         "mutmut 3, one module at a time with its own tests (scripts/mutation.sh). Score = killed / (mutants - equivalent - CPU-only);",
-        "killed includes timeouts; CPU-only = the mutant only changes a tensor's device (no test on a CPU can tell).",
+        "killed includes timeouts; CPU-only = the mutant only changes a tensor's device (no test on a CPU can tell);",
+        "not run = a run stopped before reaching them (not counted).",
         "",
-        "| module | mutants | killed | left | equivalent | CPU-only | score |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| module | mutants | killed | left | equivalent | CPU-only | not run | score |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
         *rows,
         "",
         f"Overall: {total_killed} / {total_counted} = {overall:.1f} %" if overall is not None else "Overall: nothing run",
