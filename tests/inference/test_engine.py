@@ -145,6 +145,18 @@ def test_a_gate_prompt_longer_than_its_room_is_refused(tiny):
         engine.open_stream("a long query " * 20)
 
 
+def test_streams_stepped_in_any_slot_order_equal_each_stream_alone(tiny):
+    """Slots given out of order (not a consecutive range): the rows are gathered by index."""
+    model, processor = tiny
+    clips = [random_frames(3, seed=50), random_frames(3, seed=51)]
+    engine = Engine(model, processor, max_streams=3)
+    slots = [engine.open_stream(QUERIES[0]), engine.open_stream(QUERIES[1]), engine.open_stream(QUERIES[2])]
+    probs = np.array([engine.step([slots[2], slots[0]], np.stack([clips[1][i], clips[0][i]])) for i in range(3)])
+    for j, (clip, query) in enumerate([(clips[1], QUERIES[2]), (clips[0], QUERIES[0])]):
+        expected, _ = alone(model, processor, clip, query)
+        np.testing.assert_allclose(probs[:, j], expected, atol=1e-5)
+
+
 def test_state_bytes_per_stream(tiny):
     model, processor = tiny
     cfg = model.config
@@ -334,6 +346,7 @@ def test_a_reply_decoded_a_few_tokens_at_a_time(tiny_tokenizer):
         assert done is False and task.text is None
     assert done is True and task.advance() is True  # nothing left to do
     n = len(engine.conversation(twin).turns[0].reply_ids) - 1  # the twin's tokens, EOS excluded
+    assert n > 2 and rounds[0] == 2  # the first call stopped after two tokens
     assert rounds[:-1] == list(range(2, n, 2))[: len(rounds) - 1] and rounds[-1] == n and task.generated == seen
     assert task.text == expected and len(engine.conversation(slot).turns) == 1
     assert engine.conversation(slot).turns[0].reply_ids == engine.conversation(twin).turns[0].reply_ids
