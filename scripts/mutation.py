@@ -378,6 +378,7 @@ EQUIVALENT: dict[str, list[Equivalent]] = {
         _E("xǁEngineǁbeam_search", "max_new_tokens + 1, None, self.dtype)", "only the device changes", cpu_only=True),
         _E("xǁEngineǁpush_clip", ".to(None, self.dtype)", "only the device changes", cpu_only=True),
         _E("xǁEngineǁpush_clip", "torch.as_tensor(features).to(self.dtype)", "only the device changes", cpu_only=True),
+        _E("x_beam_search", "if length_penalty >= 0 else step + 1", "it changes only length_penalty == 0, where the bound length is not used (n ** 0 = 1)"),
         _E("x_beam_search", "normalise(live[0][1], bound_length)", "a beam index (>= 0) never falls below a finished score: the search only stops later"),
         _E("xǁEngineǁstate_bytes", "lm.hidden_size / lm.num_attention_heads", "Mistral configs always set head_dim, so the fallback is not used"),
         _E("xǁEngineǁbeam_search", "for k in range(K):", "the first reorder (every row from beam 0) copies slot 0 to every row anyway"),
