@@ -723,7 +723,7 @@ def report(modules: list[str], out: Path) -> float | None:
     lines = [
         f"# Mutation report ({date.today().isoformat()}, commit {_commit()})",
         "",
-        "mutmut 3, one module at a time with its own tests (scripts/mutation.sh). Score = killed / (mutants - equivalent - CPU-only);",
+        "mutmut 3, one module at a time with its own tests (scripts/mutation.sh). Score = killed / (mutants - equivalent - CPU-only - not run);",
         "killed includes timeouts; CPU-only = the mutant only changes a tensor's device (no test on a CPU can tell);",
         "not run = a run stopped before reaching them (not counted).",
         "",
