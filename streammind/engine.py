@@ -523,11 +523,18 @@ class Engine:
         return ReplyTask(self, slot, self.config.max_reply_tokens if max_new_tokens is None else max_new_tokens, on_token)
 
     def _rebuild_context(self, conv: Conversation, budget: int) -> None:
-        """Evict the oldest turns until the kept ones fit `budget` tokens, and prefill them again."""
+        """Evict the oldest turns until the kept ones fit `budget` tokens, and prefill them again.
+
+        The oldest kept turn re-opens the conversation (BOS, system prompt, its user text or
+        else the query), so each candidate is counted with that opening as if it were the oldest.
+        """
         kept, total = [], 0
         for turn in reversed(conv.turns):
-            size = len(self.processor.encode_turn_prefix(turn.user, turn.video_tokens.shape[0], first=False)) + len(turn.reply_ids)
-            if total + size > budget:
+            k = turn.video_tokens.shape[0]
+            prefix = len(self.processor.encode_turn_prefix(turn.user, k, first=False))
+            size = prefix + len(turn.reply_ids)
+            opening = len(self.processor.encode_turn_prefix(turn.user or conv.query, k, first=True)) - prefix
+            if total + size + opening > budget:
                 break
             kept.append(turn)
             total += size
@@ -740,8 +747,10 @@ class ReplyTask:
         video_tokens = select_tokens(engine.turn_tokens(slot), config.sampling, config.sampling_ratio)  # [k, D]
         user = conv.pending_user if conv.llm_length else (conv.pending_user or conv.query)
         prefix = engine._turn_embeddings(user, video_tokens, first=conv.llm_length == 0)
-        if conv.llm_length + prefix.shape[1] + cap + 1 > config.max_context_tokens:
-            engine._rebuild_context(conv, config.max_context_tokens // 2)
+        need = prefix.shape[1] + cap + 1  # this turn: prefix, the longest reply, EOS
+        if conv.llm_length + need > config.max_context_tokens:
+            # The kept turns fit half the budget and leave room for this turn.
+            engine._rebuild_context(conv, min(config.max_context_tokens // 2, config.max_context_tokens - need))
             if conv.llm_length == 0:
                 user = user or conv.query
             prefix = engine._turn_embeddings(user, video_tokens, first=conv.llm_length == 0)

@@ -18,7 +18,9 @@ from transformers import AutoTokenizer, CLIPVisionConfig, CLIPVisionModel, Mistr
 
 from streammind.apps.convert import PROJECTOR_PREFIX, TOWER_PREFIX
 
-CLIP = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=16, patch_size=8)
+# The tower is wider than the LLM (48 vs 32), so the EPFE's pre-net is not square and the
+# converter must read the LLM width from the right dimension.
+CLIP = dict(hidden_size=48, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=16, patch_size=8)
 LLM = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-5, rope_theta=1e6)
 # The original gate: MistralConfig() defaults except its sizes (tiny here) and vocabulary 2.
 GATE = dict(vocab_size=2, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-6, rope_theta=1e4)

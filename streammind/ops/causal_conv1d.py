@@ -71,6 +71,7 @@ def _kernel_unavailable(
         return ImportError, f"the causal_conv1d package is not importable; {_INSTALL_HINT}"
     if not all(t.is_cuda for t in (x, weight, *others) if t is not None):
         return ValueError, "the tensors are not on CUDA"
+    # pragma: no mutate block (reached only with CUDA tensors; the GPU tests in tests/ops cover it)
     if x.dtype not in _KERNEL_DTYPES or weight.dtype not in _KERNEL_DTYPES:
         return ValueError, f"dtypes {x.dtype}/{weight.dtype} are not supported by the kernel"
     if weight.shape[1] not in _KERNEL_WIDTHS:
@@ -158,6 +159,7 @@ def causal_conv1d(
     unavailable = _kernel_unavailable(_kernel_causal_conv1d, x, weight, [bias, initial_state])
     if not _use_kernel("causal_conv1d", impl, unavailable, x.is_cuda):
         return causal_conv1d_ref(x, weight, bias, activation, initial_state)
+    # pragma: no mutate block (the kernel path needs CUDA and causal_conv1d; the GPU tests in tests/ops cover it)
     if initial_state is None:
         return _kernel_causal_conv1d(x, weight, bias, activation=activation)
     width = weight.shape[1]
@@ -206,10 +208,10 @@ def causal_conv1d_update(
     _check_activation(activation)
     _check_state(x, weight, conv_state, "conv_state")
     unavailable = _kernel_unavailable(_kernel_causal_conv1d_update, x, weight, [bias, conv_state])
-    if unavailable is None and conv_state.dtype != x.dtype:
-        unavailable = ValueError, f"conv_state dtype {conv_state.dtype} differs from x dtype {x.dtype}"
+    if unavailable is None and conv_state.dtype != x.dtype:  # pragma: no mutate (CUDA only)
+        unavailable = ValueError, f"conv_state dtype {conv_state.dtype} differs from x dtype {x.dtype}"  # pragma: no mutate
     if _use_kernel("causal_conv1d_update", impl, unavailable, x.is_cuda):
-        return _kernel_causal_conv1d_update(x, conv_state, weight, bias, activation)
+        return _kernel_causal_conv1d_update(x, conv_state, weight, bias, activation)  # pragma: no mutate
     window = torch.cat([conv_state[:, :, 1:], x[:, :, None].to(conv_state.dtype)], dim=2)  # [B, Din, W], rolled
     # The output reads `window`, not the buffer, so autograd never sees the buffer's in-place writes.
     conv_state.copy_(window)

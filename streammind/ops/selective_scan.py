@@ -81,6 +81,7 @@ def _kernel_unavailable(kernel: object, module_path: str, tensors: list[torch.Te
         return ImportError, f"{module_path} is not importable; {_INSTALL_HINT}"
     if not all(t.is_cuda for t in tensors if t is not None):
         return ValueError, "the tensors are not on CUDA"
+    # pragma: no mutate block (reached only with CUDA tensors; the GPU tests in tests/ops cover it)
     if tensors[0].dtype not in _KERNEL_DTYPES:
         return ValueError, f"dtype {tensors[0].dtype} is not supported by the kernel (float32, float16, bfloat16)"
     return None
@@ -325,6 +326,7 @@ def selective_scan(
     )
     if not _use_kernel("selective_scan", impl, unavailable, u.is_cuda):
         return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_last_state, chunk_size)
+    # pragma: no mutate block (the kernel path needs CUDA and mamba_ssm; the GPU tests in tests/ops cover it)
     _check_shapes(u, delta, A, B, C, initial_state)
     # The kernel checks dtypes: delta, z and the time-varying B, C in u's dtype; A, D, delta_bias fp32.
     z_k = z.to(u.dtype) if z is not None else None
@@ -420,5 +422,5 @@ def selective_state_update(
         [x, state, dt, A, B, C, D, z, dt_bias],
     )
     if _use_kernel("selective_state_update", impl, unavailable, x.is_cuda):
-        return _kernel_selective_state_update(state, x, dt, A.float(), B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus)
+        return _kernel_selective_state_update(state, x, dt, A.float(), B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus)  # pragma: no mutate
     return _selective_state_update_ref(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)

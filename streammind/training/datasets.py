@@ -152,7 +152,8 @@ class StreamDataset(Dataset):
                     info = probe_video(path)
                 except VideoDecodeError as e:
                     raise BadSample("undecodable_video", str(e)) from e
-                end = rec.end if rec.end is not None else info.duration_s
+                # A window declared past the video's end still ends with the video.
+                end = min(rec.end, info.duration_s) if rec.end is not None else info.duration_s
                 if rec.turns[-1].time > end + 1.0 / self.fps + _TIME_EPS:
                     raise BadSample("turn_past_end", f"turn at {rec.turns[-1].time:.3f}s is past the video's end ({end:.3f}s)")
             except BadSample as err:

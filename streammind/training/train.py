@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import gc
 import json
 import logging
 import re
@@ -302,6 +303,13 @@ def usage() -> str:
 
 def train(argv: list[str] | None = None) -> str:
     """Train one stage from its YAML and overrides; returns the output directory (holding the final model)."""
+    out = _train_stage(argv)
+    _destroy_process_group()  # after _train_stage returned, so that its Trainer can be collected
+    return out
+
+
+def _train_stage(argv: list[str] | None) -> str:
+    """`train` up to the end of training and saving."""
     model_args, data_args, args, resolved = parse_args(argv)
     validate_inputs(model_args, data_args, args)
     logging.basicConfig(level=logging.INFO if args.process_index == 0 else logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
@@ -347,6 +355,24 @@ def train(argv: list[str] | None = None) -> str:
     if skipped:
         logger.warning("skipped samples by reason: %s", dict(skipped))
     return str(out)
+
+
+def _destroy_process_group() -> None:
+    """Tear torch.distributed down, if the Trainer started it, before the interpreter exits.
+
+    The Trainer never destroys the process group it joins. Left to interpreter shutdown, a
+    gloo worker thread may still be freeing the tensors of the last collective, which needs
+    the GIL, and the worker aborts ("terminate called without an active exception"). Destroying
+    the group while the DDP wrapper is alive is no better: the group then dies with the
+    wrapper's reducer, whose destructor joins the gloo threads while holding the GIL, a
+    deadlock. So the finished Trainer and its DDP wrapper are collected first; the group's
+    last reference is then dropped by torch's Python binding, which releases the GIL while
+    the threads are joined.
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    gc.collect()
+    torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -265,7 +265,7 @@ def test_unmapped_key_raises_with_its_name_unless_ignored(tmp_path, base_tokeniz
     src, _ = make_original(tmp_path, base_tokenizer, "bin", edit=lambda t: t.update({extra: torch.zeros(2, 2)}))
     with pytest.raises(ConversionError, match="unmapped") as exc:
         load_streammind_original(src, dtype=torch.float32, gate_heads=GATE_HEADS, progress=False)
-    assert extra in str(exc.value)
+    assert f"1 unmapped source key(s): {extra}" in str(exc.value) and "(-> None" not in str(exc.value)
     _, _, report = load_streammind_original(src, dtype=torch.float32, gate_heads=GATE_HEADS, ignore_prefixes=[extra], progress=False)
     assert report.ignored == {extra: "--ignore-prefix"}
 
@@ -295,8 +295,9 @@ def test_wrong_gate_heads_fails_on_shapes_not_silently(tmp_path, base_tokenizer)
 
 def test_videollama2_checkpoint_given_as_original_gets_a_hint(tmp_path, base_tokenizer, tower_config_dir):
     src, _ = make_videollama2(tmp_path, base_tokenizer, "bin", tower_config_dir)
-    with pytest.raises(ConversionError, match="--from videollama2"):
+    with pytest.raises(ConversionError, match="--from videollama2") as exc:
         load_streammind_original(src, dtype=torch.float32, progress=False)
+    assert str(exc.value).endswith("] (no EPFE at all: is this a VideoLLaMA2 checkpoint? use --from videollama2)")
 
 
 # ----------------------------------------------------------------------------- tests: memory
@@ -329,3 +330,53 @@ def test_one_shard_open_at_a_time(tmp_path, base_tokenizer, monkeypatch, fmt):
     assert len(shards) == 3 and state["max_open"] == 1
     # Each shard is opened twice: once to read names and shapes, once to copy its tensors.
     assert sorted(state["opened"]) == sorted(shards * 2)
+
+
+def test_conversion_errors_say_what_and_why(tmp_path, base_tokenizer):
+    """A partial original checkpoint (EPFE pre-net present) gets no VideoLLaMA2 hint; a key that
+    maps outside the model, and a tensor of the wrong shape, are listed with both names and shapes."""
+    src, _ = make_original(tmp_path / "a", base_tokenizer, "bin", edit=lambda t: t.pop(MIXER + "A_log"))
+    with pytest.raises(ConversionError, match=r"not an original StreamMind checkpoint: missing \['model.mm_projector") as exc:
+        load_streammind_original(src, dtype=torch.float32, gate_heads=GATE_HEADS, progress=False)
+    assert str(exc.value).endswith("A_log']")  # no hint after the list
+    far = "model.layers.9.self_attn.q_proj.weight"  # the LLM has 2 layers
+
+    def edit(t):
+        t[far] = torch.zeros(32, 32)
+        t[MIXER + "D"] = torch.zeros(7)
+
+    src, _ = make_original(tmp_path / "b", base_tokenizer, "bin", edit=edit)
+    with pytest.raises(ConversionError) as exc:
+        load_streammind_original(src, dtype=torch.float32, gate_heads=GATE_HEADS, progress=False)
+    message = str(exc.value)
+    assert f"1 unmapped source key(s): {far} (-> language_model.{far}, not in the target model)" in message
+    assert f"1 shape mismatch(es): {MIXER}D [7] -> perception.block.mixer.D [64]" in message
+    src, _ = make_original(tmp_path / "c", base_tokenizer, "bin", inner="proj.")
+    pre = PROJECTOR_PREFIX + "pre_net."
+    with pytest.raises(ConversionError, match="supported: " + ", ".join(f"{pre}{i}{{weight,bias}}" for i in ("fc3.", "fc.", "linear.", "")).replace(".", r"\.").replace("{", r"\{").replace("}", r"\}")):
+        load_streammind_original(src, dtype=torch.float32, gate_heads=GATE_HEADS, progress=False)
+
+
+def test_ignored_keys_are_reported_with_their_reason(tmp_path, base_tokenizer):
+    g = torch.Generator().manual_seed(7)
+    clip_dir = tmp_path / "clip-weights"
+    clip = CLIPVisionModel(CLIPVisionConfig(**CLIP))
+    clip.load_state_dict(_strip(_clip_state(g), TOWER_PREFIX))
+    clip.save_pretrained(clip_dir)
+    # Older checkpoints also hold buffers that are rebuilt at construction.
+    buffers = {TOWER_PREFIX + "vision_model.embeddings.position_ids": torch.arange(5)[None],
+               "model.layers.0.self_attn.rotary_emb.inv_freq": torch.ones(4)}
+    src, tensors = make_original(tmp_path, base_tokenizer, "bin", edit=lambda t: t.update(buffers))
+    _, _, report = load_streammind_original(src, clip=clip_dir, dtype=torch.float32, gate_heads=GATE_HEADS, progress=False)
+    tower = {k for k in tensors if k.startswith(TOWER_PREFIX)} - set(buffers)
+    assert {k: report.ignored[k] for k in buffers} == dict.fromkeys(buffers, "buffer recomputed at construction")
+    assert {k: report.ignored[k] for k in tower} == dict.fromkeys(tower, "vision tower taken from --clip")
+
+
+def test_original_gate_config_is_the_released_one(tmp_path, base_tokenizer):
+    src, _ = make_original(tmp_path, base_tokenizer, "bin")
+    model, _, _ = load_streammind_original(src, dtype=torch.float32, gate_heads=GATE_HEADS, progress=False)
+    gate = model.config.gate_config
+    assert gate.sliding_window is None  # the released gate attends its whole window
+    assert (gate.num_attention_heads, gate.num_key_value_heads, gate.head_dim, gate.vocab_size) == (4, 2, 8, 2)
+    assert (gate.hidden_act, gate.rms_norm_eps, gate.max_position_embeddings) == ("silu", 1e-6, 131072)

@@ -479,3 +479,88 @@ def test_meteor_with_java():
     assert scores["skipped"] == {}
     assert scores["num_empty_predictions"] == 1
     assert 0.5 < scores["METEOR"] < 1.0
+
+
+# ---------------------------------------------------------------------------------------
+# Boundaries and exact outputs
+# ---------------------------------------------------------------------------------------
+
+
+def test_zero_tolerance_matches_equal_times_only():
+    assert match_events(prediction=[1.0, 2.0], reference=[2.0, 3.0], tolerance=0.0) == [(1, 0)]
+
+
+def test_equal_times_tie_to_the_earliest_item_in_an_unsorted_list():
+    # Twenty times drawn from {0, 1, 2} in no order: the 1.0 kept is the first one given (index 1),
+    # which needs a stable sort (numpy's default sort leaves index 2 first here).
+    times = [2.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 2.0, 1.0, 2.0, 1.0, 1.0, 2.0, 2.0, 1.0, 1.0, 1.0, 2.0]
+    assert match_events(prediction=times, reference=[1.0], tolerance=0.0) == [(1, 0)]
+    assert match_events(prediction=[1.0], reference=times, tolerance=0.0) == [(0, 1)]
+
+
+def test_non_finite_times_are_named():
+    for call, name in (
+        (lambda: match_events(prediction=[math.nan], reference=[1.0], tolerance=1.0), "prediction"),
+        (lambda: match_events(prediction=[1.0], reference=[math.inf], tolerance=1.0), "reference"),
+        (lambda: score_stream_video(prediction=[TimedText(math.nan)], reference=[], tolerances=()), "prediction"),
+        (lambda: score_stream_video(prediction=[], reference=[TimedText(math.inf)], tolerances=()), "reference"),
+    ):
+        with pytest.raises(ValueError, match=f"^{name} contains non-finite times"):
+            call()
+
+
+def test_trigger_window_is_inclusive_and_counts_single_items():
+    """One reply exactly 1 s after one event: triggered and valid at trigger tolerance 1 s."""
+    one = score_stream_video(prediction=[TimedText(3.0)], reference=[TimedText(2.0)], tolerances=(), trigger_tolerance=1.0)
+    assert (one["triggered_events"], one["valid_replies"], one["trigger_acc"], one["timval"]) == (1, 1, 1.0, 1.0)
+    off = score_stream_video(prediction=[TimedText(3.0)], reference=[TimedText(1.999)], tolerances=(), trigger_tolerance=1.0)
+    assert (off["triggered_events"], off["valid_replies"]) == (0, 0)
+    assert isinstance(one["triggered_events"], int) and isinstance(one["valid_replies"], int)
+
+
+def test_aggregate_output_keys_by_value():
+    assert aggregate_stream_scores([]) == {
+        "num_videos": 0, "tolerances": [], "trigger_tolerance": None, "micro": {}, "per_video_mean": {}, "per_video_mean_num_videos": {},
+    }
+    video = score_stream_video(prediction=[TimedText(1.0, "a")], reference=[TimedText(1.5, "a")], tolerances=(1.0, 2.0), trigger_tolerance=0.5)
+    assert video["tolerances"] == [1.0, 2.0] and video["trigger_tolerance"] == 0.5
+    aggregated = aggregate_stream_scores([video, video])
+    assert aggregated["tolerances"] == [1.0, 2.0] and aggregated["trigger_tolerance"] == 0.5 and aggregated["num_videos"] == 2
+    assert aggregated["micro"]["reply_exact_match"] == 1.0
+
+
+def test_fluency_boundaries():
+    with pytest.raises(ValueError, match="at least one frame and one reply token"):
+        fluency(frame_diff=0, num_frames=0, num_tokens=3, num_correct_prefix=0)
+    with pytest.raises(ValueError, match="at least one frame and one reply token"):
+        fluency(frame_diff=0, num_frames=3, num_tokens=0, num_correct_prefix=0)
+    assert fluency(frame_diff=0, num_frames=1, num_tokens=1, num_correct_prefix=1) == 1.0
+    assert fluency(frame_diff=1, num_frames=3, num_tokens=2, num_correct_prefix=2) == pytest.approx(2 / 5)  # early by one
+    assert fluency(frame_diff=-1, num_frames=3, num_tokens=2, num_correct_prefix=2) == pytest.approx(2 / 5)  # late
+
+
+def test_one_frame_turns_are_timed_and_fps_must_be_positive():
+    turn = TeacherForcedTurn(decisions=[T], token_logprobs=[0.0], token_correct=[T])
+    assert score_teacher_forced_turn(turn, fps=0.5)["time_diff"] == 0.0  # fps below 1 is fine
+    assert score_teacher_forced_turn(turn, fps=2.0)["fluency"] == 1.0
+    with pytest.raises(ValueError, match="fps must be > 0"):
+        score_teacher_forced_turn(turn, fps=0.0)
+
+
+def test_aggregate_teacher_forced_counts_defaulted_videos():
+    timed = score_teacher_forced_video([TeacherForcedTurn(decisions=[F, T])], fps=2.0)
+    assert timed["defaulted"] == ["lm_ppl", "fluency", "lm_correctness"]  # no reply tokens
+    aggregated = metrics._mean_over_videos([timed, timed])
+    assert aggregated["num_videos_defaulted"] == {"lm_ppl": 2, "time_diff": 0, "fluency": 2, "lm_correctness": 2}
+
+
+def test_caption_id_mismatch_either_way_raises_and_reasons_are_exact(monkeypatch):
+    with pytest.raises(ValueError, match=r"missing predictions \['b'\], predictions without references \[\]"):
+        caption_metrics(predictions={"a": "x"}, references={"a": ["x"], "b": ["y"]})
+    with pytest.raises(ValueError, match=r"missing predictions \[\], predictions without references \['b'\]"):
+        caption_metrics(predictions={"a": "x", "b": "y"}, references={"a": ["x"]})
+    assert caption_metrics(predictions={}, references={})["skipped"] == dict.fromkeys(metrics.CAPTION_METRIC_NAMES, "no captions to score")
+    monkeypatch.setattr(metrics.shutil, "which", lambda name: None)
+    scores = caption_metrics(predictions={"a": "a man runs"}, references={"a": ["a man runs"]})
+    assert scores["skipped"] == {"METEOR": "java not found on PATH (METEOR runs a Java program)"}
+    assert caption_metrics(predictions={"a": "x"}, references={"a": ["x"]}, use_meteor=False)["skipped"] == {"METEOR": "disabled by the caller"}

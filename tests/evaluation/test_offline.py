@@ -162,6 +162,98 @@ def test_beam_search_stops_early_and_closes_at_the_cap():
     assert all(len(h.ids) == 4 and not h.finished for h in hyps)
 
 
+class TreeLM:
+    """A fake LM whose next-token log-probs are random for every prefix (no two paths tie)."""
+
+    def __init__(self, V: int, seed: int):
+        self.V, self.seed, self.memo = V, seed, {}
+
+    def logp(self, prefix: tuple) -> torch.Tensor:
+        if prefix not in self.memo:
+            g = torch.Generator().manual_seed(hash((self.seed, prefix)) % 2**31)
+            self.memo[prefix] = (torch.randn(self.V, generator=g) * 2).log_softmax(-1)
+        return self.memo[prefix]
+
+    def search(self, **kwargs):
+        rows = [()] * kwargs["num_beams"]
+
+        def advance(order, tokens):
+            rows[:] = [rows[o] + (t,) for o, t in zip(order.tolist(), tokens.tolist())]
+            return torch.stack([self.logp(r) for r in rows])
+
+        return beam_search(self.logp(()), advance, **kwargs)
+
+
+def reference_beam_search(lm, eos, max_new_tokens, K, n_return, length_penalty):
+    """The documented rule without early stopping, over live beams only: each step ranks the 2K
+    best continuations of the live beams; an EOS among the first K ranks closes a hypothesis
+    (scored sum / (length incl. EOS) ** length_penalty), the best K others stay live; the K best
+    closed ones are kept; at the cap the live beams close unfinished."""
+
+    def norm(logprob, n):
+        return logprob / max(n, 1) ** length_penalty
+
+    beams, finished, unfinished = [((), 0.0)], [], []
+    for step in range(max_new_tokens):
+        candidates = sorted(((lp + float(lm.logp(ids)[t]), ids, t) for ids, lp in beams for t in range(lm.V)), key=lambda c: -c[0])
+        live = []
+        for rank, (score, ids, t) in enumerate(candidates[: 2 * K]):
+            if t == eos:
+                if rank < K:
+                    finished.append((list(ids), score, norm(score, len(ids) + 1), True))
+                continue
+            live.append((ids + (t,), score))
+            if len(live) == K:
+                break
+        finished = sorted(finished, key=lambda h: -h[2])[:K]
+        if not live:
+            break
+        beams = live
+        if step == max_new_tokens - 1:
+            unfinished = [(list(ids), lp, norm(lp, len(ids)), False) for ids, lp in live]
+    return sorted(finished + unfinished, key=lambda h: -h[2])[:n_return]
+
+
+def test_beam_search_equals_the_rule_without_early_stopping():
+    """Random LMs, 1-3 beams, penalties below, at and above 0 and 1, the default penalty (1.0),
+    vocabularies of 1 to 5 tokens (beams die, dead copies pad the batch, fewer hypotheses than
+    asked for): the same hypotheses, log-probs and scores as the reference (early stopping must
+    never change the result)."""
+    for case in range(200):
+        V = 1 + case % 5  # 1 and 2: fewer tokens than beams
+        eos, K, cap = V - 1, 1 + case % 3, 1 + case % 4
+        lm = TreeLM(V, seed=case)
+        n_return = K if V < 3 else 1 + (case // 3) % K
+        penalty = [-0.5, 0.0, 0.7, 1.0, 1.5][case % 5]
+        kwargs = dict(eos_token_id=eos, max_new_tokens=cap, num_beams=K, num_return_sequences=n_return)
+        hyps = lm.search(**kwargs) if penalty == 1.0 else lm.search(**kwargs, length_penalty=penalty)
+        expected = reference_beam_search(lm, eos, cap, K, n_return, penalty)
+        assert [(h.ids, h.finished) for h in hyps] == [(ids, fin) for ids, _, _, fin in expected], case
+        for h, (_, logprob, score, _) in zip(hyps, expected):
+            assert math.isclose(h.logprob, logprob, rel_tol=1e-5, abs_tol=1e-6) and math.isclose(h.score, score, rel_tol=1e-5, abs_tol=1e-6)
+
+
+def test_beam_search_closes_only_an_eos_among_the_first_k_ranks():
+    """Two beams, no length penalty. At the second step the ranks are: [0] + EOS (closed),
+    [0, 0] (live), [1] + EOS (rank 2 = K: not a hypothesis), [1, 0] (live); at the third, [0, 0]
+    + EOS closes. The result is [0] and [0, 0] (closing [1] would have put it second)."""
+    lm = TreeLM(3, seed=0)  # tokens 0, 1 and EOS = 2
+    for prefix, p in {(): [0.5, 0.4, 0.1], (0,): [0.45, 0.05, 0.5], (1,): [0.35, 0.25, 0.4],
+                      (0, 0): [0.32, 0.28, 0.4], (1, 0): [0.32, 0.28, 0.4]}.items():
+        lm.memo[prefix] = torch.tensor(p).log()
+    hyps = lm.search(eos_token_id=2, max_new_tokens=3, num_beams=2, length_penalty=0.0)
+    assert [(h.ids, h.finished) for h in hyps] == [([0], True), ([0, 0], True)]
+    assert [h.score for h in hyps] == pytest.approx([math.log(0.5 * 0.5), math.log(0.5 * 0.45 * 0.4)])
+
+
+def test_beam_search_settings_are_checked():
+    lm = MarkovLM(torch.randn(4, 4))
+    assert len(lm.search(0, eos_token_id=3, max_new_tokens=2, num_beams=1)) == 1  # one beam is greedy search
+    for beams, returned in [(0, None), (2, 0), (2, 3)]:
+        with pytest.raises(ValueError, match="need num_beams >= 1 and 1 <= num_return_sequences <= num_beams"):
+            lm.search(0, eos_token_id=3, max_new_tokens=2, num_beams=beams, num_return_sequences=returned)
+
+
 def test_beam_search_cache_matches_a_fresh_forward(tiny):
     """Scores computed with the reordered cache equal teacher-forced log-probs without a cache."""
     model, processor = tiny

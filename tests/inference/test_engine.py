@@ -18,6 +18,13 @@ from tests.helpers import make_tiny
 QUERIES = ["Tell me when a shape appears.", "Say when something turns red.", "Narrate the moves."]
 
 
+def peaked_llm(model, processor):
+    """10x larger LLM logits: no near-ties in greedy decoding between two equal computations."""
+    with torch.no_grad():
+        model.language_model.lm_head.weight.mul_(10.0)
+    return model, processor
+
+
 def random_frames(n, seed=0, size=40):
     rng = np.random.default_rng(seed)
     return rng.integers(0, 256, size=(n, size, size + 8, 3), dtype=np.uint8)
@@ -96,6 +103,8 @@ def test_chunks_of_frames_equal_frame_by_frame(tiny_tokenizer, gate_mode, chunk)
     np.testing.assert_allclose(session.stats.probs, probs, atol=1e-5)
     assert [(r.frame_index, r.text) for r in clip_replies] == replies
     assert [r.time for r in clip_replies] == [i / 2 for i, _ in replies]
+    assert [r.prob for r in clip_replies] == pytest.approx([probs[i] for i, _ in replies], abs=1e-5)
+    assert session.gate_frames == (1 if gate_mode == "per_frame" else (len(frames) - 1 - replies[-1][0]) % 5)
 
 
 def test_replies_of_streams_sharing_the_llm_equal_each_stream_alone(tiny_tokenizer):
@@ -136,6 +145,18 @@ def test_a_gate_prompt_longer_than_its_room_is_refused(tiny):
         engine.open_stream("a long query " * 20)
 
 
+def test_streams_stepped_in_any_slot_order_equal_each_stream_alone(tiny):
+    """Slots given out of order (not a consecutive range): the rows are gathered by index."""
+    model, processor = tiny
+    clips = [random_frames(3, seed=50), random_frames(3, seed=51)]
+    engine = Engine(model, processor, max_streams=3)
+    slots = [engine.open_stream(QUERIES[0]), engine.open_stream(QUERIES[1]), engine.open_stream(QUERIES[2])]
+    probs = np.array([engine.step([slots[2], slots[0]], np.stack([clips[1][i], clips[0][i]])) for i in range(3)])
+    for j, (clip, query) in enumerate([(clips[1], QUERIES[2]), (clips[0], QUERIES[0])]):
+        expected, _ = alone(model, processor, clip, query)
+        np.testing.assert_allclose(probs[:, j], expected, atol=1e-5)
+
+
 def test_state_bytes_per_stream(tiny):
     model, processor = tiny
     cfg = model.config
@@ -147,6 +168,188 @@ def test_state_bytes_per_stream(tiny):
     g = cfg.gate_config
     gate_positions = -(-(512 + cfg.gate_window) // 64) * 64
     assert sizes["gate_cache"] == 2 * g.num_hidden_layers * g.num_key_value_heads * (g.hidden_size // g.num_attention_heads) * gate_positions * 4
+
+
+def test_state_bytes_of_the_llm_context_by_value(tiny_tokenizer):
+    """A head width other than hidden / heads, fewer key-value heads than heads, and bf16."""
+    model, processor = make_tiny(tiny_tokenizer, max_context_tokens=300,
+                                 text_config={"head_dim": 16, "num_attention_heads": 4, "num_key_value_heads": 2})
+    model = model.to(torch.bfloat16)
+    lm = model.language_model.config
+    assert (lm.hidden_size, lm.num_hidden_layers, lm.head_dim) == (128, 2, 16)  # 16, not 128 / 4
+    sizes = Engine(model, processor, max_streams=2).state_bytes()
+    assert sizes["llm_context_max"] == 2 * 2 * 2 * 16 * 300 * 2  # keys and values, layers, kv heads, head width, positions, bytes
+    assert set(sizes) == {"epfe_state", "turn_memory", "gate_cache", "llm_context_max"}
+
+
+@pytest.mark.parametrize("static", [True, False])
+def test_the_dynamic_cache_path_replies_as_the_static_one(tiny_tokenizer, static):
+    """With the engine forced onto the dynamic-cache path (the one LLM architectures without a
+    static decoder take) or not: two streams replying in turns equal each stream alone, also after
+    a third stream replied (taking the LLM context) and was closed."""
+    model, processor = make_tiny(tiny_tokenizer, max_reply_tokens=4)
+    clips = [random_frames(4, seed=7), random_frames(4, seed=8)]
+    engine = Engine(model, processor, max_streams=3)
+    engine._llm_static = static
+    slots = [engine.open_stream(QUERIES[0]), engine.open_stream(QUERIES[1])]
+    texts = [[], []]
+    for i in range(4):
+        engine.step(slots, [clips[0][i], clips[1][i]])
+        for j, slot in enumerate(slots):
+            texts[j].append(engine.respond(slot))
+        if i in (1, 2):  # a third stream replies, so it holds the LLM context, and is closed
+            extra = engine.open_stream(QUERIES[2])
+            engine.step([extra], clips[1][:1])
+            engine.respond(extra)
+            engine.close_stream(extra)
+    for j in range(2):
+        _, expected = alone(model, processor, clips[j], QUERIES[j], threshold=0.0, max_new_tokens=4)
+        assert texts[j] == [t for _, t in expected]
+
+
+@pytest.mark.parametrize("static", [True, False])
+def test_a_closed_stream_that_does_not_hold_the_llm_leaves_the_holder_s_context(tiny_tokenizer, static):
+    model, processor = make_tiny(tiny_tokenizer, max_reply_tokens=4)
+    clip = random_frames(3, seed=11)
+    engine = Engine(model, processor, max_streams=2)
+    engine._llm_static = static
+    slot, other = engine.open_stream(QUERIES[0]), engine.open_stream(QUERIES[1])
+    texts = []
+    for i in range(3):
+        engine.step([slot], clip[i : i + 1])
+        texts.append(engine.respond(slot))
+        if i == 0:
+            engine.close_stream(other)  # never replied: slot still holds the LLM context
+    _, expected = alone(model, processor, clip, QUERIES[0], threshold=0.0, max_new_tokens=4)
+    assert texts == [t for _, t in expected]
+
+
+@pytest.mark.parametrize("static", [True, False])
+def test_greedy_and_beam_search_on_both_llm_paths(tiny_tokenizer, static):
+    """The offline answers (greedy ids, beam hypotheses) agree between the LLM's two paths."""
+    from streammind.evaluation.answering import encode_prompt
+
+    model, processor = make_tiny(tiny_tokenizer)
+    embeds = encode_prompt(model, processor, random_frames(4, seed=12), "What happens?")
+    reference = Engine(model, processor)
+    engine = Engine(model, processor)
+    engine._llm_static = static
+    assert engine.generate(embeds, max_new_tokens=6) == reference.generate(embeds, max_new_tokens=6)
+    hyps = engine.beam_search(embeds, max_new_tokens=5, num_beams=3, num_return_sequences=2, length_penalty=0.5)
+    expected = reference.beam_search(embeds, max_new_tokens=5, num_beams=3, num_return_sequences=2, length_penalty=0.5)
+    assert [(h.ids, h.finished) for h in hyps] == [(h.ids, h.finished) for h in expected] and len(hyps) == 2
+    for h, e in zip(hyps, expected):
+        assert h.logprob == pytest.approx(e.logprob, abs=1e-4) and h.score == pytest.approx(e.score, abs=1e-4)
+
+
+def test_push_clip_keeps_the_newest_turn_frames_and_works_in_any_slot(tiny_tokenizer):
+    """Chunks longer than the turn memory keep its newest max_turn_frames tokens (the parallel
+    path's tokens), across chunks too, in a stream's own slot (not slot 0)."""
+    model, processor = make_tiny(tiny_tokenizer, max_turn_frames=3)
+    frames = random_frames(9, seed=13)
+    pixels = processor.preprocess_frames(frames)[None]
+    with torch.no_grad():
+        tokens = model.get_perception_tokens(pixel_values=pixels)[0]  # [9, D]
+    engine = Engine(model, processor, max_streams=2)
+    engine.open_stream(QUERIES[0])
+    slot = engine.open_stream(QUERIES[1])
+    assert slot == 1
+    first = engine.push_clip(slot, frames[:7], threshold=1.0)
+    torch.testing.assert_close(engine.turn_tokens(slot), tokens[4:7], atol=1e-5, rtol=1e-5)
+    engine.push_clip(slot, frames[7:], threshold=1.0)
+    torch.testing.assert_close(engine.turn_tokens(slot), tokens[6:9], atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(first.probs, parallel_probs(model, processor, frames[:7], QUERIES[1]).numpy(), atol=1e-5)
+    # A bf16 model takes fp32 features: the same probabilities as its frame-by-frame steps.
+    model = model.to(torch.bfloat16)
+    clip, steps = Engine(model, processor), Engine(model, processor)
+    a, b = clip.open_stream(QUERIES[0]), steps.open_stream(QUERIES[0])
+    features = torch.randn(4, model.config.vision_dim)
+    chunked = clip.push_clip(a, features=features, threshold=1.0).probs
+    np.testing.assert_allclose(chunked, [steps.step_features([b], f[None])[0] for f in features], atol=2e-2)
+
+
+def test_push_clip_fires_strictly_above_the_threshold_with_its_reply_cap(tiny_tokenizer):
+    model, processor = make_tiny(tiny_tokenizer, max_reply_tokens=5)
+    frames = random_frames(6, seed=17)
+    engine = Engine(model, processor)
+    probe = engine.push_clip(engine.open_stream(QUERIES[0]), frames, threshold=1.0).probs
+    assert probe.dtype == np.float32
+    top = int(np.argmax(probe))
+    # A threshold equal to the highest probability: no frame is above it; just below it, that frame.
+    fresh = Engine(model, processor)
+    assert fresh.push_clip(fresh.open_stream(QUERIES[0]), frames, threshold=float(probe[top])).replies == []
+    fresh = Engine(model, processor)
+    slot = fresh.open_stream(QUERIES[0])
+    result = fresh.push_clip(slot, frames, threshold=float(np.nextafter(probe[top], np.float32(0))), max_new_tokens=1)
+    assert [(i, p) for i, p, _ in result.replies] == [(top, pytest.approx(float(probe[top])))]
+    assert len(fresh.conversation(slot).turns[0].reply_ids) <= 2  # one token at most, then EOS
+
+
+def test_a_bf16_model_replies_through_a_bf16_llm_context(tiny_tokenizer):
+    model, processor = make_tiny(tiny_tokenizer, max_reply_tokens=2)
+    model = model.to(torch.bfloat16)
+    engine = Engine(model, processor)
+    slot = engine.open_stream(QUERIES[0])
+    engine.step([slot], random_frames(1, seed=18))
+    assert isinstance(engine.respond(slot), str)
+    assert engine._llm_kv.keys.dtype == torch.bfloat16 and engine._llm_kv.keys.device.type == "cpu"
+
+
+def test_push_clip_replies_above_one_half_by_default(tiny_tokenizer):
+    model, processor = make_tiny(tiny_tokenizer, max_reply_tokens=2)
+    with torch.no_grad():
+        model.gate.head.bias.copy_(torch.tensor([0.0, 8.0]))  # p(respond) near 1 on every frame
+    engine = Engine(model, processor)
+    result = engine.push_clip(engine.open_stream(QUERIES[0]), random_frames(3, seed=14))
+    assert [i for i, _, _ in result.replies] == [0, 1, 2] and all(p > 0.99 for p in result.probs)
+
+
+def test_generate_stops_at_eos_and_refuses_what_the_context_cannot_hold(tiny_tokenizer):
+    from streammind.evaluation.answering import encode_prompt
+
+    model, processor = make_tiny(tiny_tokenizer, max_context_tokens=200)
+    embeds = encode_prompt(model, processor, random_frames(2, seed=15), "What happens?")
+    engine = Engine(model, processor)
+    ids = engine.generate(embeds, max_new_tokens=6)
+    assert len(ids) == 6 and len(set(ids)) > 1
+    # With the third token as EOS, generation stops before it.
+    processor.eos_token_id = ids[2]
+    assert engine.generate(embeds, max_new_tokens=6) == ids[:2]
+    # The prompt, the new tokens and EOS must fit max_context_tokens, exactly.
+    room = 200 - embeds.shape[1] - 1
+    assert len(engine.generate(embeds, max_new_tokens=room)) <= room
+    with pytest.raises(ValueError, match=f"a prompt of {embeds.shape[1]} tokens \\+ {room + 1} new ones exceeds max_context_tokens \\(200\\)"):
+        engine.generate(embeds, max_new_tokens=room + 1)
+
+
+def test_a_reply_decoded_a_few_tokens_at_a_time(tiny_tokenizer):
+    """start_reply clears the turn memory at once; advance(n) decodes n tokens per call (each
+    passed to on_token in order), returns False until the reply is done, then True; the text and
+    the turn appear when done, equal to a whole `respond` on a twin stream."""
+    model, processor = make_tiny(tiny_tokenizer, max_reply_tokens=5)
+    model, processor = peaked_llm(model, processor)
+    frames = random_frames(2, seed=16)
+    engine = Engine(model, processor, max_streams=2)
+    slot, twin = engine.open_stream(QUERIES[0]), engine.open_stream(QUERIES[0])
+    engine.step([slot, twin], np.stack([frames[0], frames[0]]))
+    expected = engine.respond(twin)
+    seen = []
+    task = engine.start_reply(slot, on_token=seen.append)
+    assert engine.turn_tokens(slot).shape[0] == 0 and engine.gate_frames(slot) == 0
+    assert task.text is None and task.done is False and len(engine.conversation(slot).turns) == 0
+    rounds = []
+    while True:
+        done = task.advance(2)
+        rounds.append(len(task.generated))
+        if done:
+            break
+        assert done is False and task.text is None
+    assert done is True and task.advance() is True  # nothing left to do
+    n = len(engine.conversation(twin).turns[0].reply_ids) - 1  # the twin's tokens, EOS excluded
+    assert n > 2 and rounds[0] == 2  # the first call stopped after two tokens
+    assert rounds[:-1] == list(range(2, n, 2))[: len(rounds) - 1] and rounds[-1] == n and task.generated == seen
+    assert task.text == expected and len(engine.conversation(slot).turns) == 1
+    assert engine.conversation(slot).turns[0].reply_ids == engine.conversation(twin).turns[0].reply_ids
 
 
 # ---- GPU: graphs and device preprocessing against the eager path ----------------------------

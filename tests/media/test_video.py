@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import math
 import struct
 import sys
 from fractions import Fraction
@@ -279,7 +280,7 @@ def test_broken_frames_are_skipped_and_counted(tmp_path, caplog, backend):
     broken = _corrupt_packets(clean, tmp_path / "broken.mp4", range(10, 13))
     grid = sample_grid(40 / 7, 2.0)
 
-    with caplog.at_level(logging.WARNING, logger="streammind.datasets.video"):
+    with caplog.at_level(logging.WARNING, logger="streammind.media.video"):
         it = iter_frames(broken, fps=2.0, backend=backend)
         got = list(it)
     assert it.skipped >= 1
@@ -324,7 +325,7 @@ def test_rotation_metadata(tmp_path, caplog):
         container.mux(stream.encode())
     rotated = _rotate_90(plain, tmp_path / "rotated.mp4")
 
-    with caplog.at_level(logging.WARNING, logger="streammind.datasets.video"):
+    with caplog.at_level(logging.WARNING, logger="streammind.media.video"):
         clip = read_video(rotated, fps=7.0)  # auto: decord cannot decode it, falls back to PyAV
     assert clip.info.backend == "pyav" and (clip.info.width, clip.info.height) == (48, 64)
     assert clip.frames.shape == (3, 64, 48, 3)
@@ -397,3 +398,155 @@ def test_module_imports_without_backends(monkeypatch):
     assert module.decord is None and module.av is None
     with pytest.raises(ImportError, match="neither is installed"):
         module.probe_video(ASSETS / "missing.mp4")
+
+
+# ------------------------------------------------------------ selection rules by value
+
+
+def test_video_end_is_the_last_frame_s_end():
+    assert video._video_end(np.array([0.0, 0.5, 1.0]), 1.5, 2.0) == 1.5  # the packet's end
+    # No packet duration (the end is not after the last pts): last pts + the median interval.
+    assert video._video_end(np.array([0.0, 0.5, 1.25, 1.5]), 1.5, 2.0) == 1.5 + 0.5
+    assert video._video_end(np.array([0.0, 0.5, 1.25]), 0.0, 2.0) == 1.25 + 0.625
+    assert video._video_end(np.array([0.0, 0.5]), 0.5, 4.0) == 1.0  # two frames give an interval too
+    # One frame: one nominal period, or nothing without a rate.
+    assert video._video_end(np.array([2.0]), 2.0, 4.0) == 2.25
+    assert video._video_end(np.array([2.0]), 2.0, 0.5) == 4.0
+    assert video._video_end(np.array([2.0]), 2.0, 0.0) == 2.0
+
+
+def test_sample_grid_edges():
+    assert sample_grid(10.0, 0.5).tolist() == [0.0, 2.0, 4.0, 6.0, 8.0]  # rates below 1 fps are fine
+    empty = sample_grid(5.0, 2.0, start=3.0, end=3.0)
+    assert empty.dtype == np.float64 and empty.shape == (0,)
+    assert sample_grid(101.0, 2.0, start=100.0).tolist() == [100.0, 100.5]
+
+
+def test_clock_lattices_in_order():
+    F = Fraction
+    assert video._clock_steps(7.0) == [F(1, 7), F(1, 1000), F(1, 600), F(1, 90000)]
+    assert video._clock_steps(24000 / 1001)[0] == F(1001, 24000)  # the float rate's exact fraction
+    assert video._clock_steps(0.5)[0] == F(2)
+    assert video._clock_steps(0.0) == video._clock_steps(math.inf) == [F(1, 1000), F(1, 600), F(1, 90000)]
+
+
+def test_snap_recovers_exact_times_from_float32():
+    F = Fraction
+    exact = np.array([k * 1001 / 24000 for k in range(0, 500, 7)])  # 23.976 fps: the step's numerator is not 1
+    snapped, step = video._snap_to_clock(exact.astype(np.float32).astype(np.float64), video._clock_steps(24000 / 1001))
+    assert step == F(1001, 24000) and np.array_equal(snapped, exact)
+    # A lattice too fine to be told apart at float32 precision is passed over, not taken or final.
+    ms = np.array([0.25, 0.5, 0.125])
+    assert video._snap_to_clock(ms, [F(1, 2**20), F(1, 8)])[1] == F(1, 8)  # 2**-20 is exactly 4 float32 ulps here
+    assert video._snap_to_clock(ms, [F(1, 10**9), F(1, 8)])[1] == F(1, 8)
+    fine = F(9, 2**23)  # 4.5 ulps: fine but still unambiguous
+    on_fine = np.array([float(fine * 1000), float(fine * 3)])
+    assert video._snap_to_clock(on_fine, [fine])[1] == fine
+    # Values off every lattice by more than float32 rounding are returned as they are.
+    off = np.array([1 / 7 + 1.5 * 2**-22, 2 / 7])  # 1.5 float32 ulps off the 1/7 lattice
+    kept, step = video._snap_to_clock(off, [F(1, 7)])
+    assert step is None and kept is off
+
+
+class _FakeDecordReader:
+    """Frames 0..19 at 10 fps, frame i a 1x1 image of value i; the `broken` ones fail to decode.
+    `singles` records the one-frame requests (the retries), in order."""
+
+    path = "fake.mp4"
+
+    def __init__(self, broken):
+        self.broken, self.singles = set(broken), []
+
+    def frames(self, indices, attempts=1):
+        if len(indices) == 1:
+            self.singles.append(indices[0])
+        if self.broken & set(indices):
+            raise video.decord.DECORDError("broken frame")
+        return np.stack([np.full((1, 1, 3), i, dtype=np.uint8) for i in indices])
+
+
+def _decord_picks(broken, times, lookback=None, monkeypatch=None):
+    if lookback is not None:
+        monkeypatch.setattr(video, "_DECORD_LOOKBACK", lookback)
+    reader = _FakeDecordReader(broken)
+    index = video._Index(pts=np.arange(20) / 10, duration_s=2.0, info=None, reader=reader)
+    stats = video._Stats()
+    picked = [(t, pts, int(frame[0, 0, 0])) for t, pts, frame in video._decord_pick(index, np.array(times), stats, video._LastGood())]
+    return picked, reader.singles, (stats.skipped, stats.dropped)
+
+
+@pytest.mark.skipif(not HAS_DECORD, reason="decord not installed")
+def test_decord_pick_replaces_a_broken_frame_by_the_last_good_one_before_it(monkeypatch):
+    """(t, pts, frame) by value: a broken selected frame is replaced by the newest good frame
+    after the one shown before (tried newest first, within the lookback); a range already
+    tried is not tried again; grid times before any good frame are dropped and counted."""
+    picked, singles, counts = _decord_picks({5, 8, 9}, [0.0, 0.5, 0.55, 0.9, 1.5])
+    assert picked == [(0.0, 0.0, 0), (0.5, 0.4, 4), (0.55, 0.4, 4), (0.9, 0.7, 7), (1.5, 1.5, 15)]
+    # The batch [0, 5, 9, 15] fails, then one by one; frame 5 is replaced by 4, 9 by 7 (8 is broken
+    # too: its one-frame batch fails, then its one-by-one retry).
+    assert singles == [0, 5, 9, 15, 4, 8, 8, 7] and counts == (3, 0)
+    # Nothing good before the first grid times: they are dropped, and the later ones still come.
+    picked, singles, counts = _decord_picks({0}, [0.0, 0.05, 0.1])
+    assert picked == [(0.1, 0.1, 1)] and counts == (1, 2)
+    # The lookback bounds the search: with 2, frames 8 and 7 are tried for 9, not 6.
+    picked, singles, counts = _decord_picks({7, 8, 9}, [0.9, 1.0], lookback=2, monkeypatch=monkeypatch)
+    assert picked == [(1.0, 1.0, 10)] and singles == [9, 10, 8, 8, 7, 7] and counts == (3, 1)
+    picked, _, _ = _decord_picks({8, 9}, [0.9], lookback=2, monkeypatch=monkeypatch)
+    assert picked == [(0.9, 0.7, 7)]
+    # The first frame can stand in too.
+    assert _decord_picks({1}, [0.1])[0] == [(0.1, 0.0, 0)]
+
+
+def test_follow_grid_holds_the_last_frame_shown():
+    """(pts, end, payload) frames in; each grid time gets the last frame with pts <= t (a frame
+    within 1 us after t counts as at t); times before the first frame are dropped and counted;
+    after the input ends, times up to eof_end (or the held frame's end) reuse it."""
+    frames = [(0.3, 0.5, "a"), (0.500001, 1.0, "b"), (1.0, 1.5, "c")]
+    stats = video._Stats()
+    got = list(video._follow_grid(iter(frames), iter([0.0, 0.25, 0.5, 0.75, 1.0, 1.2, 1.5, 2.0]), None, stats))
+    assert got == [(0.5, 0.500001, "b"), (0.75, 0.500001, "b"), (1.0, 1.0, "c"), (1.2, 1.0, "c")]
+    assert stats.dropped == 2
+    stats = video._Stats()
+    tail = list(video._follow_grid(iter(frames), iter([1.0, 1.6, 3.0]), math.inf, stats))
+    assert tail == [(1.0, 1.0, "c"), (1.6, 1.0, "c"), (3.0, 1.0, "c")] and stats.dropped == 0
+    assert list(video._follow_grid(iter(frames), iter([]), None, video._Stats())) == []
+
+
+@needs_av
+def test_read_video_defaults_and_frame_caps(clips):
+    path = clips["7fps"]
+    default = read_video(path, backend="pyav")
+    np.testing.assert_array_equal(default.times, [0.0, 0.5, 1.0, 1.5, 2.0, 2.5])  # 2 fps by default
+    one = read_video(path, fps=2.0, max_frames=1, backend="pyav")
+    assert one.times.tolist() == [0.0] and _frame_numbers(one.frames) == [0]
+    single = read_video(path, fps=2.0, start=2.6, backend="pyav")  # one grid time left in the video
+    assert single.times.tolist() == [2.6] and _frame_numbers(single.frames) == [18]
+    with pytest.raises(ValueError, match="max_frames must be >= 1, got 0"):
+        read_video(path, fps=2.0, max_frames=0, backend="pyav")
+
+
+@needs_av
+@pytest.mark.parametrize(
+    "kind, start, expected, keyframe",
+    [("7fps_gop5", 3.1, [21, 25, 28], 20), ("7fps_gop5", 0.9, [6, 9, 13], 5), ("offset", 1.1, [7, 11, 14], 0)],
+)
+def test_pyav_window_seeks_once_to_the_keyframe_before_it(clips, caplog, monkeypatch, kind, start, expected, keyframe):
+    """A window read seeks to the keyframe before its start (decoding starts there, not at the
+    beginning) and lands right the first time, also when the container's clock does not start
+    at 0 (the offset clip has one keyframe)."""
+    first_decoded = []
+    real = video._pyav_frames
+
+    def spy(*args, **kwargs):
+        for i, item in enumerate(real(*args, **kwargs)):
+            if i == 0:
+                first_decoded.append(item[0])
+            yield item
+
+    monkeypatch.setattr(video, "_pyav_frames", spy)
+    with caplog.at_level(logging.DEBUG, logger="streammind.media.video"):
+        clip = read_video(clips[kind], fps=2.0, start=start, end=start + 1.4, backend="pyav")
+    assert _frame_numbers(clip.frames) == expected
+    np.testing.assert_array_equal(clip.frame_pts, [float(Fraction(i, 7)) for i in expected])
+    assert first_decoded == [float(Fraction(keyframe, 7))]  # one pass, from the keyframe
+    assert not any("seek overshot" in r.getMessage() for r in caplog.records)

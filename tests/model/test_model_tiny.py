@@ -10,7 +10,7 @@ import torch
 
 from streammind.gate import GateLossConfig, gate_loss
 from streammind.training.collator import StreamCollator
-from tests.helpers import batch_of_two, make_tiny
+from tests.helpers import batch_of_two, make_example, make_tiny
 
 
 def test_forward_backward_batch_of_two_videos_of_different_lengths(tiny):
@@ -123,6 +123,119 @@ def test_gate_init_from_llm_copies_layers_and_checks_width(tiny_tokenizer):
                                                        "vocab_size": 600, "sliding_window": None})
     with pytest.raises(ValueError, match="layers"):
         init_gate_from_llm(narrow)
+
+
+def test_long_turns_keep_their_newest_frames(tiny_tokenizer):
+    """A turn longer than max_turn_frames reaches the LLM through its newest frames only,
+    as the streaming memory drops the oldest; shorter turns keep all of theirs."""
+    model, processor = make_tiny(tiny_tokenizer, max_turn_frames=3, sampling="all")
+    D = model.config.hidden_size
+    tokens = torch.arange(2 * 10 * D, dtype=torch.float32).view(2, 10, D)
+    turn_ends = torch.tensor([[2, 8, 10], [6, -1, -1]])
+    out = model.select_turn_tokens(tokens, turn_ends)
+    # Video 0: [0, 2) whole; [2, 8) -> its newest three, 5..7; [8, 10) whole. Video 1: [0, 6) -> 3..5.
+    assert torch.equal(out[0], tokens[0, [0, 1, 5, 6, 7, 8, 9]])
+    assert torch.equal(out[1], tokens[1, [3, 4, 5]])
+    assert [processor.placeholders_for(n) for n in (2, 6, 2)] == [2, 3, 2]
+
+
+def test_long_turns_are_sampled_after_the_memory_bound(tiny_tokenizer):
+    """Sampling picks among the kept frames: an old frame identical to the newest, but beyond
+    the bound, is not chosen; the count is that of the bounded turn."""
+    model, processor = make_tiny(tiny_tokenizer, max_turn_frames=4, sampling="similarity", sampling_ratio=0.5)
+    D = model.config.hidden_size
+    g = torch.Generator().manual_seed(0)
+    turn = torch.randn(7, D, generator=g)
+    turn[0] = turn[6]  # outside the newest four
+    turn[4] = turn[6] + 0.01 * torch.randn(D, generator=g)  # inside, nearly the newest
+    out = model.select_turn_tokens(turn[None], torch.tensor([[7]]))[0]
+    assert processor.placeholders_for(7) == 2 == out.shape[0]
+    assert torch.equal(out, turn[[4, 6]])
+    # No turns: nothing for the LLM.
+    assert model.select_turn_tokens(turn[None], torch.tensor([[-1]]))[0].shape == (0, D)
+
+
+def test_forward_gate_outputs_follow_the_batch(tiny_tokenizer):
+    """forward's gate logits are those of `gate_logits` with the batch's labels (teacher
+    forcing), its prompt mask and frame mask; no frame mask means every frame is real; the
+    loss uses the given kind and focusing parameter."""
+    model, processor = make_tiny(tiny_tokenizer, gate_window=100)
+    collate = StreamCollator.from_processor(processor)
+    a = make_example(processor, 9, [(4, "A red circle appeared."), (9, "The blue square disappeared.")], seed=1)
+    b = make_example(processor, 5, [(3, "The square turned green.")], query="Tell me when something changes colour, and also when "
+                     "a shape moves to another corner of the frame.", seed=2)
+    batch = collate([a, b])
+    assert batch["gate_prompt_mask"].sum(1).tolist()[0] < batch["gate_prompt_mask"].shape[1]  # the first prompt is padded
+    focal = GateLossConfig(kind="focal", focal_gamma=3.0)
+    with torch.no_grad():
+        out = model(**batch, gate_loss_config=focal)
+        tokens = out.perception_tokens
+        expected = model.gate_logits(tokens, batch["frame_mask"], batch["gate_labels"], batch["gate_prompt_ids"], batch["gate_prompt_mask"])
+        # By hand: the prompts without their padding, and the turn reset after each respond label.
+        prompts = [ids[mask.bool()] for ids, mask in zip(batch["gate_prompt_ids"], batch["gate_prompt_mask"])]
+        unpadded = model.gate_logits(tokens[1:, :5], torch.ones(1, 5, dtype=torch.bool), batch["gate_labels"][1:, :5], prompts[1][None])
+    assert torch.equal(out.gate_logits, expected)
+    assert torch.allclose(out.gate_logits[1, :5], unpadded[0], atol=1e-5)
+    labels = batch["gate_labels"]
+    assert out.gate_loss.item() == pytest.approx(gate_loss(expected, labels, focal).item(), rel=1e-6)
+    assert out.gate_loss.item() != pytest.approx(gate_loss(expected, labels, GateLossConfig(kind="focal")).item(), rel=1e-3)
+    # Without labels the gate sees one turn; teacher forcing changes the logits after a respond frame.
+    with torch.no_grad():
+        free = model.gate_logits(tokens, batch["frame_mask"], None, batch["gate_prompt_ids"], batch["gate_prompt_mask"])
+    first_respond = int((labels[0] == 1).nonzero()[0, 0])
+    assert torch.allclose(free[0, : first_respond + 1], out.gate_logits[0, : first_respond + 1], atol=1e-5)
+    assert not torch.allclose(free[0, first_respond + 1 :], out.gate_logits[0, first_respond + 1 :], atol=1e-3)
+    single = {k: v for k, v in collate([a]).items() if k != "frame_mask"}
+    with torch.no_grad():
+        assert torch.equal(model(**single).gate_logits, model(**single, frame_mask=torch.ones(1, 9, dtype=torch.bool)).gate_logits)
+
+
+def test_vision_gradients_only_when_the_tower_trains(tiny):
+    model, processor = tiny
+    pixels = torch.randn(1, 2, 3, 32, 32)
+    for p in model.vision.parameters():
+        p.requires_grad_(False)
+    assert not model.get_frame_features(pixels).requires_grad
+    for p in model.vision.parameters():
+        p.requires_grad_(True)
+    assert model.get_frame_features(pixels).requires_grad
+    with torch.no_grad():
+        assert not model.get_frame_features(pixels).requires_grad
+
+
+def test_a_bf16_model_takes_fp32_features_and_tokens(tiny):
+    model, processor = tiny
+    model = model.to(torch.bfloat16)
+    features = torch.randn(1, 3, model.config.vision_dim)
+    tokens = model.get_perception_tokens(frame_features=features)
+    assert tokens.dtype == torch.bfloat16
+    ids = torch.tensor([processor.encode_turn_prefix("hi", 2, first=True)])
+    video = torch.randn(2, model.config.hidden_size)
+    embeds = model.merge_video_tokens(ids, video)
+    assert embeds.dtype == torch.bfloat16 and torch.equal(embeds[ids == processor.video_token_id], video.to(torch.bfloat16))
+
+
+def test_fresh_weights_follow_the_initialisation_scheme(tiny):
+    """Our own Linear layers ~ N(0, initializer_range) with zero bias, LayerNorms at (1, 0), and
+    the mixer's Mamba scheme (A = -(1..N), D = 1) kept over the generic one."""
+    model, _ = tiny
+    std = model.config.text_config.initializer_range
+    for linear in (model.perception.pre_proj, model.perception.post_proj, model.gate.head):
+        w = linear.weight.detach()
+        assert abs(float(w.mean())) < 0.2 * std and 0.9 * std < float(w.std()) < 1.1 * std, linear
+        assert torch.equal(linear.bias.detach(), torch.zeros_like(linear.bias))
+    assert torch.equal(model.perception.norm_f.weight.detach(), torch.ones_like(model.perception.norm_f.weight))
+    mixer = model.perception.block.mixer
+    N = mixer.d_state
+    assert torch.allclose(-torch.exp(mixer.A_log.detach()), -torch.arange(1, N + 1, dtype=torch.float32).expand(mixer.d_inner, N))
+    assert torch.equal(mixer.D.detach(), torch.ones(mixer.d_inner))
+
+
+def test_the_config_sizes_the_perception_encoder(tiny_tokenizer):
+    model, _ = make_tiny(tiny_tokenizer, perception_expand=3, perception_d_state=5, perception_d_conv=3)
+    mixer = model.perception.block.mixer
+    D = model.config.hidden_size
+    assert (mixer.d_inner, mixer.d_state, mixer.d_conv) == (3 * D, 5, 3)
 
 
 def test_gate_labels_need_the_collator_s_layout(tiny):

@@ -255,3 +255,85 @@ def test_bf16_forward_and_step(encoder, features):
     assert streamed.dtype == torch.bfloat16
     # Both paths round the same intermediates to bf16; a few bf16 ulps of slack at |tokens| ~ 1.
     assert_close(streamed.float(), tokens.float(), atol=5e-2)
+
+
+def test_defaults_are_mamba_ssm_s():
+    """Mamba(d_model) defaults: d_state 16, d_conv 4, expand 2, dt_rank ceil(D / 16), initial steps
+    in [0.001, 0.1]; the EPFE's LeakyReLU slope 0.01 and LayerNorm eps 1e-5."""
+    torch.manual_seed(0)
+    mixer = MambaMixer(48)
+    assert (mixer.d_model, mixer.d_state, mixer.d_conv, mixer.expand, mixer.d_inner, mixer.dt_rank) == (48, 16, 4, 2, 96, 3)
+    dt = F.softplus(mixer.dt_proj.bias.detach())
+    assert 0.001 * (1 - 1e-4) <= dt.min() and dt.max() <= 0.1 * (1 + 1e-4) and dt.max() > 0.02  # spans the range
+    assert MambaMixer(48, dt_rank=5).dt_rank == 5
+    encoder = PerceptionEncoder(VISION_DIM, D_MODEL)
+    assert encoder.leaky_relu_slope == 0.01 and encoder.d_model == D_MODEL and encoder.vision_dim == VISION_DIM
+    assert encoder.block.norm.eps == encoder.norm_f.eps == 1e-5
+    sized = PerceptionEncoder(VISION_DIM, D_MODEL, d_state=3, d_conv=2, expand=3, dt_rank=2, norm_eps=1e-3)
+    m = sized.block.mixer
+    assert (m.d_state, m.d_conv, m.d_inner, m.dt_rank) == (3, 2, 48, 2)
+    assert sized.block.norm.eps == sized.norm_f.eps == 1e-3
+
+
+@torch.no_grad()
+def test_forward_and_step_compose_the_layers_as_documented(features):
+    """F_t = post_proj(LeakyReLU(norm_f(h_t + mixer(norm(h))_t))), h = LeakyReLU(pre_proj(c)),
+    with the encoder's own slope (0.2 here, so that PyTorch's default 0.01 would differ)."""
+    torch.manual_seed(1)
+    encoder = PerceptionEncoder(VISION_DIM, D_MODEL, d_state=D_STATE, leaky_relu_slope=0.2).eval()
+    h = F.leaky_relu(encoder.pre_proj(features), 0.2)
+    r = h + encoder.block.mixer(encoder.block.norm(h))
+    expected = encoder.post_proj(F.leaky_relu(encoder.norm_f(r), 0.2))
+    assert_close(encoder(features), expected)
+    state = encoder.init_state(BATCH)
+    assert_close(step_through(encoder, features, state), expected)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("pieces", [[1, 1, 2, 1, 6], [2, 2, 2, 5]])
+def test_pieces_shorter_than_the_conv_continue_the_state(encoder, features, pieces):
+    """Chunks of fewer frames than the conv width must carry the older inputs in the conv state."""
+    state = encoder.init_state(BATCH)
+    out, start = [], 0
+    for n in pieces:
+        out.append(encoder(features[:, start : start + n], state))
+        start += n
+    assert_close(torch.cat(out, dim=1), encoder(features))
+
+
+def test_states_follow_the_model_device_and_keep_fp32_ssm(encoder):
+    meta = PerceptionEncoder(VISION_DIM, D_MODEL, d_state=D_STATE).to("meta")
+    state = meta.init_state(2)
+    assert state.conv_state.device.type == state.ssm_state.device.type == "meta"
+    assert meta.init_state(2, device="cpu").conv_state.device.type == "cpu"
+    direct = PerceptionState.allocate(1, 4, 3, 2, device="meta")
+    assert direct.conv_state.device.type == direct.ssm_state.device.type == "meta"
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)  # as train.build does while it initialises a model
+    try:
+        state = encoder.init_state(2, dtype=torch.bfloat16)
+    finally:
+        torch.set_default_dtype(previous)
+    assert state.ssm_state.dtype == torch.float32 and state.conv_state.dtype == torch.bfloat16
+
+
+def test_state_checks_both_buffers(encoder, features):
+    good = encoder.init_state(BATCH)
+    bad_ssm = PerceptionState(conv_state=good.conv_state, ssm_state=torch.zeros(BATCH, encoder.d_inner, D_STATE + 1))
+    with pytest.raises(ValueError, match="state has conv"):
+        encoder(features, bad_ssm)
+    with pytest.raises(ValueError, match="feature must be"):
+        encoder.step(features[:, :1], good)  # [B, 1, Dv]: one dimension too many
+    with pytest.raises(ValueError, match="feature must be"):
+        encoder.step(features[:, 0, :-1], good)
+
+
+def test_bias_flags_are_honoured():
+    plain = MambaMixer(16)
+    assert plain.in_proj.bias is None and plain.out_proj.bias is None and plain.x_proj.bias is None
+    assert plain.dt_proj.bias is not None and plain.conv1d.bias is not None
+    flipped = MambaMixer(16, bias=True, conv_bias=False)
+    assert flipped.in_proj.bias is not None and flipped.out_proj.bias is not None and flipped.conv1d.bias is None
+    from streammind.perception import PerceptionBlock
+
+    assert PerceptionBlock(16, plain).norm.eps == 1e-5

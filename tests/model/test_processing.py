@@ -130,3 +130,91 @@ def test_frame_processor_crop_mode_and_input_checks():
         proc(np.zeros((4, 4, 3), dtype=np.float32))
     with pytest.raises(ValueError, match="RGB"):
         proc(np.zeros((4, 4), dtype=np.uint8))
+
+
+def test_gate_prompt_by_value(tiny_tokenizer):
+    proc = _processor(tiny_tokenizer)
+    prompt = proc.encode_gate_prompt("Tell me when a shape appears.")
+    assert tiny_tokenizer.decode(prompt) == "<s>[INST] <<SYS>>\nSYS\n<</SYS>>\n\nTell me when a shape appears."
+    assert tiny_tokenizer.decode(proc.encode_gate_prompt(None)) == "<s>[INST] <<SYS>>\nSYS\n<</SYS>>\n\n"
+
+
+def test_processor_render_text_is_what_the_ids_decode_to(tiny_tokenizer):
+    proc = _processor(tiny_tokenizer)
+    ids, _ = proc.encode_conversation(TURNS)
+    assert proc.render_text(TURNS) == GOLDEN == tiny_tokenizer.decode(ids)
+    custom = _processor(tiny_tokenizer, video_token="<video>")
+    assert custom.render_text(TURNS[:1]).count("<video>") == 2
+
+
+def test_a_tokenizer_that_adds_bos_itself_still_gives_one_bos(tiny_tokenizer):
+    """Mistral's and Llama's tokenizers prepend BOS on encode; the renderer inserts special ids
+    itself, so the ids must hold exactly one BOS whatever the tokenizer's template."""
+    from tokenizers.processors import TemplateProcessing
+
+    bos = tiny_tokenizer.bos_token_id
+    tiny_tokenizer.backend_tokenizer.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", bos)])
+    assert tiny_tokenizer.encode("hello")[0] == bos  # the template works
+    proc = _processor(tiny_tokenizer)
+    ids, _ = proc.encode_conversation(TURNS)
+    assert ids.count(bos) == 1 and ids[0] == bos
+    assert tiny_tokenizer.decode(ids) == GOLDEN
+
+
+def test_decode_drops_special_tokens_and_spaces(tiny_tokenizer):
+    proc = _processor(tiny_tokenizer)
+    ids = [proc.bos_token_id, *proc.encode_reply("A red circle."), proc.video_token_id, proc.pad_token_id]
+    assert proc.decode(ids) == "A red circle."
+
+
+def test_video_token_is_added_once_as_a_special_token(tiny_tokenizer):
+    first = add_video_token(tiny_tokenizer)
+    assert add_video_token(tiny_tokenizer) == first and len(tiny_tokenizer) == first + 1
+    # Never split, and dropped by decode(skip_special_tokens=True), so replies never show it.
+    ids = tiny_tokenizer.encode("red<video>blue", add_special_tokens=False)
+    assert ids.count(first) == 1
+    assert "<video>" not in tiny_tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def test_processor_checks_its_tokenizer_and_config(tiny_tokenizer):
+    config = StreamMindConfig.from_preset("tiny")
+    video_id = add_video_token(tiny_tokenizer)
+    assert config.video_token_id is None
+    assert StreamMindProcessor(tiny_tokenizer, config).video_token_id == video_id  # an unset id is not checked
+    config.video_token_id = video_id + 1
+    with pytest.raises(ValueError, match=rf"video_token_id is {video_id + 1} but the tokenizer maps '<video>' to {video_id}"):
+        StreamMindProcessor(tiny_tokenizer, config)
+    config.video_token_id = video_id
+    assert StreamMindProcessor(tiny_tokenizer, config).pad_token_id == tiny_tokenizer.pad_token_id
+    tiny_tokenizer.pad_token = None
+    assert StreamMindProcessor(tiny_tokenizer, config).pad_token_id == tiny_tokenizer.eos_token_id  # no pad: EOS pads
+    tiny_tokenizer.bos_token = None
+    with pytest.raises(ValueError, match="BOS and EOS"):
+        StreamMindProcessor(tiny_tokenizer, config)
+
+
+def test_save_and_load_give_the_same_ids(tiny_tokenizer, tmp_path):
+    proc = _processor(tiny_tokenizer)
+    proc.save_pretrained(tmp_path)
+    proc.config.save_pretrained(tmp_path)
+    for loaded in (StreamMindProcessor.from_pretrained(tmp_path), StreamMindProcessor.from_pretrained(tmp_path, config=proc.config)):
+        assert loaded.encode_conversation(TURNS) == proc.encode_conversation(TURNS)
+        assert loaded.video_token_id == proc.video_token_id and loaded.config.system_prompt == "SYS"
+
+
+def test_render_text_uses_the_tokenizer_s_own_eos(tiny_tokenizer):
+    tiny_tokenizer.eos_token = "<unk>"  # a tokenizer whose EOS is not "</s>"
+    proc = _processor(tiny_tokenizer)
+    ids, _ = proc.encode_conversation(TURNS)
+    assert proc.render_text(TURNS) == tiny_tokenizer.decode(ids) and proc.render_text(TURNS).count("<unk>") == 2
+
+
+def test_from_pretrained_prefers_the_given_config(tiny_tokenizer, tmp_path):
+    proc = _processor(tiny_tokenizer)
+    proc.save_pretrained(tmp_path)
+    proc.config.save_pretrained(tmp_path)
+    other = StreamMindConfig.from_preset("tiny", system_prompt="OTHER")
+    other.video_token_id = proc.video_token_id
+    loaded = StreamMindProcessor.from_pretrained(tmp_path, config=other)
+    assert loaded.config.system_prompt == "OTHER"
+    assert "OTHER" in tiny_tokenizer.decode(loaded.encode_gate_prompt("q"))

@@ -16,6 +16,8 @@ What is checked:
 from __future__ import annotations
 
 import importlib
+import logging
+import uuid
 
 import pytest
 import torch
@@ -241,6 +243,121 @@ def test_initial_state_correction_matches_reference(has_z):
     torch.testing.assert_close(state, expected_state, **TOLERANCES[torch.float32])
 
 
+def scan_by_hand(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, initial_state=None):
+    """The recurrence written out in float64, independently of the module's helpers:
+    dt_t = softplus(delta_t + bias); h_t = exp(dt_t A) h_{t-1} + dt_t u_t B_t; y_t = <C_t, h_t> + D u_t,
+    times silu(z_t)."""
+    u, delta, A, B, C = (t.detach().double() for t in (u, delta, A, B, C))
+    dt = delta + (delta_bias.detach().double()[:, None] if delta_bias is not None else 0.0)
+    if delta_softplus:
+        dt = torch.log1p(torch.exp(dt))
+    batch, d_inner, seqlen = u.shape
+    h = initial_state.detach().double().clone() if initial_state is not None else torch.zeros(batch, d_inner, A.shape[1], dtype=torch.float64)
+    ys = []
+    for t in range(seqlen):
+        h = torch.exp(dt[:, :, t, None] * A) * h + (dt[:, :, t] * u[:, :, t])[..., None] * B[:, None, :, t]
+        y = (h * C[:, None, :, t]).sum(-1)
+        if D is not None:
+            y = y + D.detach().double() * u[:, :, t]
+        if z is not None:
+            gate = z[:, :, t].detach().double()
+            y = y * gate * torch.sigmoid(gate)
+        ys.append(y)
+    return torch.stack(ys, dim=2), h
+
+
+@pytest.mark.parametrize("delta_softplus", [False, True])
+def test_scans_equal_the_recurrence_written_out_in_float64(delta_softplus):
+    """fp64 inputs are computed in fp64 (to 1e-12), by the chunked reference, the sequential
+    oracle, the dispatcher and the step function alike."""
+    inputs = detached(make_scan_inputs(seqlen=19, dtype=torch.float64))
+    expected, expected_state = scan_by_hand(**inputs, delta_softplus=delta_softplus)
+    exact = dict(rtol=1e-12, atol=1e-12)
+    for fn in (selective_scan_ref, selective_scan_sequential, selective_scan):
+        out, state = fn(**inputs, delta_softplus=delta_softplus, return_last_state=True, chunk_size=8)
+        assert out.dtype == state.dtype == torch.float64
+        torch.testing.assert_close(out, expected, **exact)
+        torch.testing.assert_close(state, expected_state, **exact)
+    state = inputs["initial_state"].clone()
+    steps = [
+        selective_state_update(state, inputs["u"][..., t], inputs["delta"][..., t], inputs["A"], inputs["B"][..., t], inputs["C"][..., t],
+                               D=inputs["D"], z=inputs["z"][..., t], dt_bias=inputs["delta_bias"], dt_softplus=delta_softplus)
+        for t in range(19)
+    ]
+    torch.testing.assert_close(torch.stack(steps, dim=-1), expected, **exact)
+    torch.testing.assert_close(state, expected_state, **exact)
+
+
+def test_scan_defaults_are_no_softplus_no_state_and_output_only():
+    inputs = detached(make_scan_inputs(seqlen=9, dtype=torch.float64, has_initial_state=False))
+    expected, _ = scan_by_hand(**inputs)
+    for fn in (selective_scan_ref, selective_scan_sequential, selective_scan):
+        torch.testing.assert_close(fn(**inputs), expected, rtol=1e-12, atol=1e-12)
+    # One step from a zero state without D, z, bias or softplus: y = <C_0, dt_0 u_0 B_0>.
+    u, delta, A, B, C = (inputs[k][..., 0] if k != "A" else inputs[k] for k in ("u", "delta", "A", "B", "C"))
+    y = selective_state_update(torch.zeros(2, 6, 4, dtype=torch.float64), u, delta, A, B, C)
+    torch.testing.assert_close(y, (delta * u) * (B * C).sum(-1)[:, None], rtol=1e-12, atol=1e-12)
+
+
+def test_low_precision_scans_compute_in_fp32_and_round_once():
+    """bf16 activations: the output is the fp32 computation rounded to bf16 once; the state is fp32."""
+    activations = ("u", "delta", "B", "C", "z")
+    low = {k: (v.to(torch.bfloat16) if k in activations and v is not None else v) for k, v in detached(make_scan_inputs(seqlen=21)).items()}
+    high = {k: (v.float() if v is not None else None) for k, v in low.items()}
+    for fn in (selective_scan_ref, selective_scan_sequential):
+        out, state = fn(**low, delta_softplus=True, return_last_state=True, chunk_size=8)
+        out32, state32 = fn(**high, delta_softplus=True, return_last_state=True, chunk_size=8)
+        assert out.dtype == torch.bfloat16 and state.dtype == torch.float32
+        assert torch.equal(out, out32.to(torch.bfloat16)) and torch.equal(state, state32)
+    state, state32 = low["initial_state"].clone(), high["initial_state"].clone()
+    for t in range(3):
+        args = [low[k][..., t] if k != "A" else low[k] for k in ("u", "delta", "A", "B", "C")]
+        args32 = [high[k][..., t] if k != "A" else high[k] for k in ("u", "delta", "A", "B", "C")]
+        y = selective_state_update(state, *args, D=low["D"], z=low["z"][..., t], dt_bias=low["delta_bias"], dt_softplus=True)
+        y32 = selective_state_update(state32, *args32, D=high["D"], z=high["z"][..., t], dt_bias=high["delta_bias"], dt_softplus=True)
+        assert y.dtype == torch.bfloat16 and torch.equal(y, y32.to(torch.bfloat16)) and torch.equal(state, state32)
+
+
+def test_initial_state_correction_keeps_dtypes_and_does_not_alias_the_state():
+    """The kernel-path correction returns out in out's dtype and an fp32 state, and keeps no
+    reference to the caller's state buffer (which the caller overwrites in place)."""
+    inputs = detached(make_scan_inputs(seqlen=7))
+    delta = scan_module._prepare_delta(inputs["delta"], inputs["delta_bias"], True)
+    zero = selective_scan_ref(**dict(inputs, initial_state=None), delta_softplus=True, return_last_state=True)
+    h0 = inputs["initial_state"].clone().requires_grad_()
+    delta = delta.clone().requires_grad_()  # its gradient needs h0, so autograd keeps h0
+    out, state = scan_module._add_initial_state_contribution(zero[0].to(torch.bfloat16), zero[1], h0, delta, inputs["A"], inputs["C"], inputs["z"])
+    assert out.dtype == torch.bfloat16 and state.dtype == torch.float32
+    with torch.no_grad():
+        h0.zero_()  # the caller's buffer moves on
+    out.float().sum().backward()  # raises if autograd saved the buffer itself
+    assert h0.grad is not None and delta.grad is not None
+    _, expected_state = selective_scan_ref(**inputs, delta_softplus=True, return_last_state=True)
+    torch.testing.assert_close(state.detach(), expected_state, **TOLERANCES[torch.float32])
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (dict(delta=torch.zeros(2, 6, 36)), "u and delta"),
+        (dict(u=torch.zeros(2, 6, 37, 1), delta=torch.zeros(2, 6, 37, 1)), "u and delta"),
+        (dict(A=torch.zeros(5, 4)), "A must be"),
+        (dict(A=torch.zeros(6, 4, 1)), "A must be"),
+        (dict(A=torch.zeros(6, 4, dtype=torch.complex64)), "complex"),
+        (dict(C=torch.zeros(2, 4, 36)), "B and C"),
+        (dict(B=torch.zeros(2, 3, 37)), "B and C"),
+        (dict(initial_state=torch.zeros(2, 6, 5)), "initial_state"),
+    ],
+)
+def test_scan_shape_errors_name_the_argument(bad, message):
+    inputs = dict(detached(make_scan_inputs()), **bad)
+    for fn in (selective_scan_ref, selective_scan_sequential, selective_scan):
+        with pytest.raises(ValueError, match=message):
+            fn(**inputs)
+    with pytest.raises(ValueError, match="chunk_size"):
+        selective_scan_ref(**detached(make_scan_inputs()), chunk_size=0)
+
+
 # ---- causal conv1d ------------------------------------------------------------------------------
 
 
@@ -351,6 +468,176 @@ def test_conv_kernel_without_causal_conv1d_raises(monkeypatch):
         causal_conv1d_update(x[..., 0], torch.zeros(2, 5, 4), weight, bias, impl="kernel")
     with conv_module.override_impl("ref"):
         torch.testing.assert_close(causal_conv1d(x, weight, bias, impl="kernel"), causal_conv1d_ref(x, weight, bias))
+
+
+def test_empty_sequences_give_empty_outputs_and_the_initial_state():
+    inputs = detached(make_scan_inputs(seqlen=0))
+    for fn in (selective_scan_ref, selective_scan_sequential, selective_scan):
+        out, state = fn(**inputs, delta_softplus=True, return_last_state=True)
+        assert out.shape == (2, 6, 0) and torch.equal(state, inputs["initial_state"])
+        out, state = fn(**dict(inputs, initial_state=None), return_last_state=True)
+        assert out.shape == (2, 6, 0) and torch.equal(state, torch.zeros(2, 6, 4))
+
+
+def test_state_update_checks_the_state_and_keeps_autograd_intact():
+    """A wrong state shape raises; stepping with autograd on, the state buffer is overwritten in
+    place each step, and the backward pass still works (the step keeps its own copy)."""
+    inputs = detached(make_scan_inputs(seqlen=3))
+    step = [inputs[k][..., 0] if k != "A" else inputs[k] for k in ("u", "delta", "A", "B", "C")]
+    for bad in (torch.zeros(3, 6, 4), torch.zeros(2, 6, 5), torch.zeros(2, 6)):
+        with pytest.raises(ValueError, match=r"state must be \[B, Din, N\]"):
+            selective_state_update(bad, *step)
+    leaves = {k: v.clone().requires_grad_() for k, v in inputs.items() if k in ("u", "delta", "B", "C")}
+    state = torch.zeros(2, 6, 4)
+    ys = []
+    for t in range(3):
+        args = [leaves[k][..., t] if k in leaves else inputs[k] for k in ("u", "delta", "A", "B", "C")]
+        ys.append(selective_state_update(state, *args, D=inputs["D"], dt_softplus=True))
+    torch.stack(ys).sum().backward()
+    assert all(v.grad is not None and torch.isfinite(v.grad).all() for v in leaves.values())
+
+
+def test_conv_reference_checks_its_state_and_rounds_steps_to_the_state_dtype():
+    x, weight, bias = make_conv_inputs()
+    with pytest.raises(ValueError, match=r"^initial_state must be \[B, Din, W\]"):
+        causal_conv1d_ref(x, weight, bias, initial_state=torch.zeros(2, 5, 3))
+    # An fp32 input stepped into a bf16 conv state is stored (and used) rounded to bf16.
+    state, rounded = torch.zeros(2, 5, 4, dtype=torch.bfloat16), torch.zeros(2, 5, 4, dtype=torch.bfloat16)
+    out = causal_conv1d_update(x[..., 0], state, weight, bias)
+    expected = causal_conv1d_update(x[..., 0].to(torch.bfloat16).float(), rounded.float(), weight, bias)
+    assert torch.equal(out, expected) and torch.equal(state.float(), torch.cat([rounded.float()[..., 1:], x[..., :1].to(torch.bfloat16).float()], dim=2))
+
+
+def test_kernel_dispatch_decisions_and_log_levels(caplog):
+    """What each impl resolves to, and how it is logged (on a GPU, falling back is a warning)."""
+    from streammind.ops.dispatch import KernelDispatch
+
+    # A logger of its own for each run: messages are logged once per process, keyed by logger and text.
+    name = f"tests.ops.dispatch_decisions.{uuid.uuid4().hex}"
+    dispatch = KernelDispatch("fastpkg", name)
+    assert dispatch.forced is None
+    missing = (ImportError, "fastpkg is missing")
+    caplog.set_level(logging.INFO, logger=name)
+    assert dispatch.use_kernel("op_a", "ref", None, on_cuda=True) is False
+    assert dispatch.use_kernel("op_b", "kernel", None, on_cuda=True) is True
+    assert dispatch.use_kernel("op_c", "auto", None, on_cuda=True) is True
+    assert dispatch.use_kernel("op_d", "auto", missing, on_cuda=True) is False
+    assert dispatch.use_kernel("op_e", "auto", missing, on_cuda=False) is False
+    with pytest.raises(ImportError, match=r"op_f\(impl='kernel'\) cannot run: fastpkg is missing"):
+        dispatch.use_kernel("op_f", "kernel", missing, on_cuda=True)
+    with dispatch.override_impl("ref"):
+        assert dispatch.forced == "ref" and dispatch.use_kernel("op_g", "kernel", None, on_cuda=True) is False
+    assert dispatch.forced is None
+    with pytest.raises(ValueError, match="impl must be one of"):
+        dispatch.use_kernel("op_h", "fast", None, on_cuda=True)
+    with pytest.raises(ValueError, match="impl must be one of"), dispatch.override_impl("fast"):
+        pass
+    logged = [(r.name, r.levelno, r.getMessage()) for r in caplog.records]
+    assert logged == [
+        (name, logging.INFO, "op_a: using the PyTorch reference path (requested)"),
+        (name, logging.INFO, "op_b: using the fastpkg kernel (requested)"),
+        (name, logging.INFO, "op_c: using the fastpkg kernel"),
+        (name, logging.WARNING, "op_d: using the PyTorch reference path because fastpkg is missing"),
+        (name, logging.INFO, "op_e: using the PyTorch reference path because fastpkg is missing"),
+        (name, logging.INFO, "op_g: using the PyTorch reference path (requested)"),
+    ]
+
+
+def _fake_kernel(*args, **kwargs):
+    raise AssertionError("the kernel must not run on CPU tensors")
+
+
+def test_kernels_refuse_cpu_tensors_and_auto_falls_back(monkeypatch, caplog):
+    """With the kernel packages importable, CPU tensors still go to the reference ("auto") or
+    raise naming the op and the reason ("kernel")."""
+    monkeypatch.setattr(scan_module, "HAS_MAMBA_KERNELS", True)
+    monkeypatch.setattr(scan_module, "_kernel_selective_scan", _fake_kernel)
+    monkeypatch.setattr(scan_module, "_kernel_selective_state_update", _fake_kernel)
+    monkeypatch.setattr(conv_module, "HAS_CAUSAL_CONV1D_KERNELS", True)
+    monkeypatch.setattr(conv_module, "_kernel_causal_conv1d", _fake_kernel)
+    monkeypatch.setattr(conv_module, "_kernel_causal_conv1d_update", _fake_kernel)
+    inputs = detached(make_scan_inputs())
+    step = [inputs[k][..., 0] if k != "A" else inputs[k] for k in ("u", "delta", "A", "B", "C")]
+    x, weight, bias = make_conv_inputs()
+    calls = [
+        ("selective_scan", lambda impl: selective_scan(**inputs, impl=impl)),
+        ("selective_state_update", lambda impl: selective_state_update(torch.zeros(2, 6, 4), *step, impl=impl)),
+        ("causal_conv1d", lambda impl: causal_conv1d(x, weight, bias, impl=impl)),
+        ("causal_conv1d_update", lambda impl: causal_conv1d_update(x[..., 0], torch.zeros(2, 5, 4), weight, bias, impl=impl)),
+    ]
+    for op, call in calls:
+        with pytest.raises(ValueError, match=rf"^{op}\(impl='kernel'\) cannot run: the tensors are not on CUDA$"):
+            call("kernel")
+        call("auto")  # the reference: the fake kernel would raise
+    with pytest.raises(ImportError, match="mamba_ssm.ops.selective_scan_interface is not importable"):
+        monkeypatch.setattr(scan_module, "_kernel_selective_scan", None)
+        selective_scan(**inputs, impl="kernel")
+    with pytest.raises(ImportError, match="mamba_ssm.ops.triton.selective_state_update is not importable"):
+        monkeypatch.setattr(scan_module, "_kernel_selective_state_update", None)
+        selective_state_update(torch.zeros(2, 6, 4), *step, impl="kernel")
+    with pytest.raises(ImportError, match="the causal_conv1d package is not importable"):
+        monkeypatch.setattr(conv_module, "_kernel_causal_conv1d", None)
+        causal_conv1d(x, weight, bias, impl="kernel")
+
+
+def conv_by_hand(x, weight, bias=None, activation=None, initial_state=None):
+    """out_t = sum_k w_k x_{t-W+1+k} (+ bias), zeros (or the state's newest W-1) before the start; float64."""
+    x, weight = x.double(), weight.double()
+    width = weight.shape[1]
+    before = initial_state[:, :, 1:].double() if initial_state is not None else torch.zeros(x.shape[0], x.shape[1], width - 1, dtype=torch.float64)
+    padded = torch.cat([before, x], dim=2)
+    out = sum(weight[None, :, k, None] * padded[:, :, k : k + x.shape[2]] for k in range(width))
+    if bias is not None:
+        out = out + bias.double()[None, :, None]
+    return out * torch.sigmoid(out) if activation == "silu" else out
+
+
+@pytest.mark.parametrize("with_state", [False, True])
+def test_causal_conv_written_out_in_float64(with_state):
+    x, weight, bias = (t.double() for t in make_conv_inputs(seqlen=9, width=3))
+    state = torch.randn(2, 5, 3, dtype=torch.float64) if with_state else None
+    expected = conv_by_hand(x, weight, bias, "silu", state)
+    exact = dict(rtol=1e-12, atol=1e-12)
+    for impl in ("auto", "ref"):
+        out = causal_conv1d(x, weight, bias, activation="silu", initial_state=state, impl=impl)
+        assert out.dtype == torch.float64
+        torch.testing.assert_close(out, expected, **exact)
+    conv_state = state.clone() if with_state else torch.zeros(2, 5, 3, dtype=torch.float64)
+    steps = [causal_conv1d_update(x[..., t], conv_state, weight, bias, "silu") for t in range(9)]
+    torch.testing.assert_close(torch.stack(steps, dim=-1), expected, **exact)
+    torch.testing.assert_close(causal_conv1d(x, weight), conv_by_hand(x, weight), **exact)  # no bias, no activation by default
+
+
+def test_low_precision_convs_compute_in_fp32_and_round_once():
+    x, weight, bias = make_conv_inputs(seqlen=9)
+    x16 = x.to(torch.bfloat16)
+    state16 = torch.randn(2, 5, 4).to(torch.bfloat16)
+    out = causal_conv1d_ref(x16, weight, bias, activation="silu", initial_state=state16)
+    out32 = causal_conv1d_ref(x16.float(), weight, bias, activation="silu", initial_state=state16.float())
+    assert out.dtype == torch.bfloat16 and torch.equal(out, out32.to(torch.bfloat16))
+    conv16, conv32 = state16.clone(), state16.float()
+    for t in range(3):
+        y = causal_conv1d_update(x16[..., t], conv16, weight, bias, "silu")
+        y32 = causal_conv1d_update(x16[..., t].float(), conv32, weight, bias, "silu")
+        assert y.dtype == torch.bfloat16 and torch.equal(y, y32.to(torch.bfloat16))
+        assert conv16.dtype == torch.bfloat16 and torch.equal(conv16.float(), conv32)
+    final = causal_conv1d_final_state(x16, 4, state16.float())
+    assert final.dtype == torch.bfloat16 and torch.equal(final, torch.cat([state16, x16], dim=2)[..., -4:])
+
+
+def test_conv_argument_errors():
+    x, weight, bias = make_conv_inputs()
+    for call in (
+        lambda: causal_conv1d(x, weight, bias, activation="relu"),
+        lambda: causal_conv1d_ref(x, weight, bias, activation="relu"),
+        lambda: causal_conv1d_update(x[..., 0], torch.zeros(2, 5, 4), weight, bias, activation="relu"),
+    ):
+        with pytest.raises(ValueError, match="activation must be None or 'silu', got 'relu'"):
+            call()
+    with pytest.raises(ValueError, match=r"initial_state must be \[B, Din, W\] = \(2, 5, 4\); got \(2, 5, 3\)"):
+        causal_conv1d(x, weight, bias, initial_state=torch.zeros(2, 5, 3))
+    with pytest.raises(ValueError, match=r"conv_state must be \[B, Din, W\] = \(2, 5, 4\); got \(1, 5, 4\)"):
+        causal_conv1d_update(x[..., 0], torch.zeros(1, 5, 4), weight, bias)
 
 
 # ---- kernels vs reference (GPU) -----------------------------------------------------------------

@@ -13,6 +13,7 @@ import pytest
 from streammind.training.annotations import (
     AnnotationError,
     Message,
+    OfflineSample,
     StreamAnnotation,
     Turn,
     load_annotations,
@@ -201,3 +202,78 @@ def test_offline_jsonl_rejects_llava_roles(tmp_path):
     path = _write_lines(tmp_path / "off.jsonl", '{"video": "a.mp4", "conversations": [{"role": "human", "text": "x"}]}')
     with pytest.raises(AnnotationError, match=r"off.jsonl:1: message 0: 'role' must be one of \['assistant', 'user'\]"):
         load_offline_samples(path)
+
+
+def _stream(**fields):
+    return StreamAnnotation(**{"video": "v.mp4", "query": "Q?", "turns": [Turn(1.0, "a")], **fields})
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: _stream(video=""), "StreamAnnotation: 'video' is empty"),
+        (lambda: _stream(query=" "), "StreamAnnotation: 'query' is empty"),
+        (lambda: _stream(start="0"), "StreamAnnotation: 'start' must be a finite number of seconds, got '0'"),
+        (lambda: _stream(end=-1.0), "StreamAnnotation: 'end' is negative (-1.0)"),
+        (lambda: _stream(start=1.0, end=1.0), "StreamAnnotation: start (1.0) must be < end (1.0)"),
+        (lambda: _stream(id=3), "StreamAnnotation: 'id' must be a string, got int"),
+        (lambda: _stream(start=1.5), "StreamAnnotation: turn 0: time 1.0 is before start 1.5"),
+        (lambda: _stream(end=0.5), "StreamAnnotation: turn 0: time 1.0 is after end 0.5"),
+        (lambda: _stream(turns=[Turn(1.0, "")]), "StreamAnnotation: turn 0: 'text' is empty"),
+        (lambda: StreamAnnotation.from_dict({"video": "v", "query": "q", "turns": [], "end": "x"}), "record: 'end' must be a finite number"),
+        (lambda: StreamAnnotation.from_dict({"video": "v", "query": "q", "turns": [{"time": 1, "text": ""}]}), "record: turn 0: 'text' is empty"),
+        (lambda: OfflineSample([Message("user", "hi")], video=""), "OfflineSample: 'video' is empty"),
+        (lambda: OfflineSample([Message("user", "hi")], image=""), "OfflineSample: 'image' is empty"),
+        (lambda: OfflineSample([Message("user", "hi")], id=7), "OfflineSample: 'id' must be a string, got int"),
+        (lambda: OfflineSample([Message("user", "")]), "OfflineSample: message 0: 'text' is empty"),
+        (lambda: OfflineSample("not a list"), "OfflineSample: 'conversations' must be a non-empty list"),
+        (lambda: OfflineSample([Message("user", "hi")], extra={"video": "v"}), "OfflineSample: extra fields shadow schema keys ['video']"),
+        (lambda: OfflineSample.from_dict({"conversations": "x"}), "sample: 'conversations' must be a non-empty list"),
+        (lambda: OfflineSample.from_dict({"conversations": [{"role": "user", "text": "t"}], "id": True}), "sample: 'id' must be a string or integer, got bool"),
+        (lambda: OfflineSample.from_llava({"conversations": [{"from": "human", "value": ""}]}), "item: message 0: 'value' is empty"),
+    ],
+)
+def test_errors_name_where_and_what(make, message):
+    with pytest.raises(AnnotationError) as exc:
+        make()
+    assert str(exc.value).startswith(message)
+
+
+def test_window_edges_are_inside():
+    assert _stream(start=1.0, end=2.0).turns[0].time == 1.0
+    assert _stream(start=0.0, end=1.0).turns[0].time == 1.0
+    assert OfflineSample.from_dict({"conversations": [{"role": "user", "text": "t"}], "id": 7}).id == "7"
+
+
+def test_save_validates_with_the_index_and_writes_utf8(tmp_path):
+    record = _stream(turns=[Turn(1.0, "café — déjà vu")])
+    path = tmp_path / "new" / "nested" / "anns.jsonl"
+    assert save_annotations([record, record], path) == 2
+    text = path.read_bytes().decode("utf-8")
+    assert "café — déjà vu" in text  # non-ASCII kept, not \\u-escaped
+    assert load_annotations(path)[1].turns[0].text == "café — déjà vu"
+    record.turns.append(Turn(0.5, "earlier"))
+    with pytest.raises(AnnotationError, match=r"^record 1: turn 1: time 0.5 is not after"):
+        save_annotations([_stream(), record], tmp_path / "bad.jsonl")
+    sample = OfflineSample([Message("user", "hi")])
+    sample.conversations.append("not a message")
+    with pytest.raises(AnnotationError, match=r"^sample 0: message 1: expected a Message"):
+        save_offline_samples([sample], tmp_path / "bad_samples.jsonl")
+
+
+def test_llava_items_are_named_by_index_and_id(tmp_path):
+    path = tmp_path / "llava.json"
+    path.write_text(json.dumps([
+        {"id": "v1", "conversations": [{"from": "human", "value": "hi"}]},
+        {"id": "v2", "conversations": [{"from": "human", "value": ""}]},
+    ]), encoding="utf-8")
+    with pytest.raises(AnnotationError, match=rf"^{path}: item 1 \(id 'v2'\): message 0: 'value' is empty"):
+        load_llava_json(path)
+    path.write_text(json.dumps([{"conversations": [{"from": "human", "value": ""}]}]), encoding="utf-8")
+    with pytest.raises(AnnotationError, match=rf"^{path}: item 0: message 0"):
+        load_llava_json(path)
+    path.write_text(json.dumps(["not an object"]), encoding="utf-8")
+    with pytest.raises(AnnotationError, match=rf"^{path}: item 0: expected a JSON object, got str"):
+        load_llava_json(path)
+    path.write_text(json.dumps([{"id": "é", "conversations": [{"from": "gpt", "value": "ü"}]}], ensure_ascii=False), encoding="utf-8")
+    assert load_llava_json(path)[0].conversations[0].text == "ü"

@@ -100,6 +100,88 @@ def test_two_process_cpu_ddp_through_the_launcher(small_world, small_tower, tmp_
     assert proc.stderr.count("world size 2") == 1  # logged by rank 0 only
 
 
+def test_set_trainable_prefixes_match_whole_name_components():
+    """`gate` must not reach `gate_proj`, nor `layers.1` reach `layers.10`; globs may."""
+    model = torch.nn.Module()
+    model.gate = torch.nn.Linear(2, 3)
+    model.gate_proj = torch.nn.Linear(2, 2)
+    model.layers = torch.nn.ModuleList(torch.nn.Linear(2, 2, bias=False) for _ in range(12))
+
+    def trainable():
+        return {n for n, p in model.named_parameters() if p.requires_grad}
+
+    table = set_trainable(model, ["gate", "layers.1"])
+    assert trainable() == {"gate.weight", "gate.bias", "layers.1.weight"}
+    rows = {line.split()[0]: [int(x.replace(",", "")) for x in line.split()[1:]] for line in table.splitlines()[1:]}
+    assert rows == {"gate": [9, 0], "gate_proj": [0, 6], "layers": [4, 44], "total": [13, 50]}
+    # Each call starts from everything frozen; an exact parameter name matches itself only.
+    set_trainable(model, ["layers.11.weight"])
+    assert trainable() == {"layers.11.weight"}
+    set_trainable(model, ["layers.1*"])
+    assert trainable() == {"layers.1.weight", "layers.10.weight", "layers.11.weight"}
+    with pytest.raises(ValueError, match=r"\['gate.w'\] match no parameter"):
+        set_trainable(model, ["gate.w"])
+
+
+def test_command_line_forms(tmp_path, monkeypatch):
+    """`--key value`, `--key=value` (the value may hold '='), dashes for underscores, booleans
+    as values, launcher `--local_rank` arguments dropped, a .yml file, and sys.argv when no list
+    is given; a bare `--flag` (before another flag or at the end) needs a value."""
+    cfg = tmp_path / "stage.yml"
+    cfg.write_text((REPO / "configs" / "tiny" / "stage1.yaml").read_text())
+    argv = [str(cfg), "--local_rank=1", "--local-rank=1", "--run-name=a=b", "--cache_decoded", "true", "--logging-steps", "7",
+            "--seed=3", "--fps", "4", "--remove_unused_columns=true"]
+    monkeypatch.setattr(sys, "argv", ["prog", *argv])
+    for given in (argv, None):
+        _, data_args, args, resolved = parse_args(given)
+        assert args.run_name == "a=b" and args.logging_steps == 7 and args.seed == 3 and data_args.fps == 4
+        assert data_args.cache_decoded is True and resolved["remove_unused_columns"] is True
+        assert "local_rank" not in resolved and "local-rank" not in resolved
+    for bad in ([], ["--fps", "4"], [str(tmp_path / "stage.json")]):
+        with pytest.raises(ConfigError, match="usage"):
+            parse_args(bad)
+    with pytest.raises(ConfigError, match="expected --key, got 'stray'"):
+        parse_args([str(cfg), "stray"])
+    for bare in (["--cache_decoded", "--seed", "3"], ["--seed", "3", "--cache_decoded"]):
+        with pytest.raises(ConfigError, match="--cache_decoded needs a value"):
+            parse_args([str(cfg), *bare])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+def test_model_dtypes(dtype):
+    assert ModelArguments(preset="tiny", tokenizer_path="t", torch_dtype=dtype).torch_dtype == dtype
+
+
+def test_model_argument_errors():
+    with pytest.raises(ValueError, match="torch_dtype must be float32, bfloat16 or float16, got 'float64'"):
+        ModelArguments(preset="tiny", tokenizer_path="t", torch_dtype="float64")
+    with pytest.raises(ValueError, match="exactly one model source"):
+        ModelArguments()
+    with pytest.raises(ValueError, match="preset needs tokenizer_path"):
+        ModelArguments(preset="tiny")
+    with pytest.raises(ValueError, match="llm_path needs clip_path"):
+        ModelArguments(llm_path="l")
+    with pytest.raises(ValueError, match="clip_path cannot be combined with init_from"):
+        ModelArguments(init_from="i", clip_path="c")
+    assert ModelArguments(llm_path="l", clip_path="c").llm_path == "l"
+    assert ModelArguments(preset="tiny", tokenizer_path="t", clip_path="c").clip_path == "c"
+
+
+def test_set_trainable_table_and_unmatched_message():
+    model = torch.nn.Module()
+    model.gate = torch.nn.Linear(2, 3)
+    model.perception = torch.nn.Linear(3, 1, bias=False)
+    table = set_trainable(model, ["perception"])
+    assert table.splitlines() == [
+        "module               trainable        frozen",
+        "gate                         0             9",
+        "perception                   3             0",
+        "total                        3             9",
+    ]
+    with pytest.raises(ValueError, match=r"\['gat', 'x'\] match no parameter; top-level modules are \['gate', 'perception'\]"):
+        set_trainable(model, ["gat", "gate", "x"])
+
+
 def test_the_trainer_hands_the_run_s_gate_loss_to_the_model(tiny, tmp_path):
     """Stage 2 chooses its loss (a training setting), whatever checkpoint it starts from."""
     model, processor = tiny
