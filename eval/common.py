@@ -211,11 +211,12 @@ def run_stream_protocols(
         the full metrics are in `<out>/<protocol>/metrics.json`.
     """
     from eval.streaming import run_free_running
+    from streammind.sessions import default_threshold
 
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
     out = Path(out_dir)
-    threshold = model.config.gate_threshold if task.threshold is None else task.threshold
+    threshold = default_threshold(model) if task.threshold is None else task.threshold
     load_failures = task.load_failures
     summary: dict = {
         "task": task.name,

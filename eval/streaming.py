@@ -1,6 +1,8 @@
 """Free-running streaming evaluation: the real runtime over each video, then scoring.
 
-For every annotation record: reset a `StreamingSession` with the record's query, feed the
+For every annotation record: reset a streaming session (`StreamingSession` for StreamMind,
+`PerFrameSession` for the per-frame-LLM baseline, through `streammind.sessions.open_session`)
+with the record's query, feed the
 video's frames at the target fps by presentation time, and record each reply (time, text,
 gate probability) and the gate probability of every frame. Then score with
 `eval.score.score_predictions` (precision / recall / F1 at ±1/2/5 s, TriggerAcc, TimVal,
@@ -28,8 +30,10 @@ from eval.common import plot_filename
 from eval.plots import plot_timeline
 from eval.score import score_predictions, write_markdown_table
 from streammind.atomic import atomic_write, write_json
+from streammind.baseline_streaming import PerFrameSession
 from streammind.datasets.annotations import StreamAnnotation
 from streammind.datasets.video import VideoDecodeError, iter_frames
+from streammind.sessions import open_session
 from streammind.streaming import SessionInputError, StreamingSession, push_clip_chunks
 
 logger = logging.getLogger(__name__)
@@ -45,7 +49,7 @@ def _window(frames, start: float | None, end: float | None):
         yield float(t), frame
 
 
-def stream_record(session: StreamingSession, record: StreamAnnotation, data_root: Path, fps: float, on_reply=None) -> dict:
+def stream_record(session: StreamingSession | PerFrameSession, record: StreamAnnotation, data_root: Path, fps: float, on_reply=None) -> dict:
     """Run one video through the session; returns its prediction record (with an "error" when the
     video fails or the session refuses the query, e.g. one over the LLM budget).
 
@@ -117,7 +121,7 @@ def run_free_running(
     out.mkdir(parents=True, exist_ok=True)
     data_root = Path(data_root)
     fps = fps or model.config.frames_per_second
-    session = StreamingSession(model, processor, threshold=threshold)
+    session = open_session(model, processor, threshold=threshold)
     predictions = []
     with atomic_write(out / "predictions.jsonl") as f:
         for record in tqdm(records, desc="streaming", unit="video"):

@@ -52,6 +52,7 @@ import yaml
 from transformers import AutoTokenizer, CLIPVisionModel, HfArgumentParser, Trainer, TrainingArguments, set_seed
 
 from .atomic import atomic_write
+from .baseline import PER_FRAME_PRESETS, PerFrameLLMConfig, build_per_frame_llm
 from .builder import CheckpointError, build_from_parts, build_model, load_model, read_config, weight_files
 from .configuration import StreamMindConfig
 from .datasets.annotations import load_annotations
@@ -72,7 +73,10 @@ class ConfigError(UserError, ValueError):
 @dataclass
 class ModelArguments:
     init_from: str | None = field(default=None, metadata={"help": "A saved StreamMind directory to start from (required for stage 2)."})
-    preset: str | None = field(default=None, metadata={"help": "Build a fresh model from a preset ('tiny', 'streammind-7b')."})
+    preset: str | None = field(
+        default=None,
+        metadata={"help": "Build a fresh model from a preset ('tiny', 'streammind-7b'; 'perframe-tiny', 'perframe-7b' for the per-frame-LLM baseline)."},
+    )
     tokenizer_path: str | None = field(default=None, metadata={"help": "Tokenizer directory for a preset-built model."})
     clip_path: str | None = field(
         default=None,
@@ -438,14 +442,17 @@ def build(model_args: ModelArguments, device: torch.device):
         if model_args.clip_path is not None:  # a pretrained tower, e.g. from streammind.tower_pretrain
             clip = CLIPVisionModel.from_pretrained(model_args.clip_path, dtype=dtype).to(device)
             overrides["vision_config"] = clip.config.to_dict()
-        config = StreamMindConfig.from_preset(model_args.preset, **overrides)
+        # The model-type switch: a per-frame-LLM preset builds the baseline (streammind.baseline).
+        per_frame = model_args.preset in PER_FRAME_PRESETS
+        config = (PerFrameLLMConfig if per_frame else StreamMindConfig).from_preset(model_args.preset, **overrides)
         previous = torch.get_default_dtype()
         # Initialise directly in the target dtype and on the training device: a fresh 7B model
         # is 30 GB in fp32, and random init on a CPU takes many minutes.
         torch.set_default_dtype(dtype)
         try:
             with device:
-                model, processor = build_model(config, AutoTokenizer.from_pretrained(model_args.tokenizer_path), vision=clip)
+                model, processor = (build_per_frame_llm if per_frame else build_model)(
+                    config, AutoTokenizer.from_pretrained(model_args.tokenizer_path), vision=clip)
         finally:
             torch.set_default_dtype(previous)
     else:
