@@ -1,4 +1,4 @@
-"""The `streammind` command: `streammind {stream,eval,bench,quickstart,world,pretrain-tower,train,convert} ...`.
+"""The `streammind` command: `streammind {stream,eval,bench,quickstart,world,pretrain-tower,train,reproduce,convert} ...`.
 
 `stream` runs a saved model over a video file, a webcam, an RTSP/HTTP URL or a folder of
 images, printing `[mm:ss.s] reply` lines as replies happen (the runtime pieces live in
@@ -54,6 +54,7 @@ DELEGATED = {
     "world": ("streammind.world", "generate the synthetic world and its tokenizer (streammind.world)"),
     "pretrain-tower": ("streammind.tower_pretrain", "CLIP-style pretraining of the tiny tower on a world (streammind.tower_pretrain)"),
     "train": ("streammind.train", "train one stage from a YAML config (streammind.train)"),
+    "reproduce": ("streammind.reproduce", "the paper's comparison at toy scale: StreamMind vs the per-frame LLM, ablations (streammind.reproduce)"),
     "convert": ("streammind.convert", "conversion tools (streammind.convert)"),
 }
 
