@@ -67,7 +67,8 @@ class Scale:
         long_train, long_test: videos of the long-memory world.
         long_duration: (min, max) seconds of a long-memory video; long_memory_gap: seconds
             from the first appearance to the latest turn that needs it.
-        hard_stage1_epochs, hard_stage2_epochs, hard_baseline_epochs: epochs on the harder worlds.
+        long_stage1_epochs, long_stage2_epochs, long_baseline_epochs: epochs on the long-memory
+            world (the move world uses the default world's).
         sweep_fps: frame rates of the sweep.
         cost_positions: stream positions (frames at 2 fps) where per-frame cost is measured.
         memory_lengths: stream lengths (seconds at 2 fps) of the memory table.
@@ -91,9 +92,9 @@ class Scale:
     long_test: int
     long_duration: tuple[float, float]
     long_memory_gap: float
-    hard_stage1_epochs: float
-    hard_stage2_epochs: float
-    hard_baseline_epochs: float
+    long_stage1_epochs: float
+    long_stage2_epochs: float
+    long_baseline_epochs: float
     sweep_fps: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0)
     cost_positions: tuple[int, ...] = (0, 20, 120, 300)
     memory_lengths: tuple[float, ...] = (10.0, 60.0, 600.0, 3600.0)
@@ -106,17 +107,17 @@ class Scale:
 SCALES = {
     "full": Scale("full", num_train=600, num_val=40, num_test=60, stage1_epochs=13, stage2_epochs=4, baseline_epochs=8, seeds=3, tower_steps=400,
                   move_train=600, long_train=100, long_test=30, long_duration=(140.0, 150.0), long_memory_gap=120.0,
-                  hard_stage1_epochs=8, hard_stage2_epochs=4, hard_baseline_epochs=5),
+                  long_stage1_epochs=8, long_stage2_epochs=4, long_baseline_epochs=5),
     # Every row, one seed, a quarter of the data, batch 4; the long-memory world's videos are short
     # (40-45 s, the memory gap 20 s), so the baseline learns it in the budget too.
     "quick": Scale("quick", num_train=160, num_val=8, num_test=24, stage1_epochs=6, stage2_epochs=4, baseline_epochs=8, seeds=1, tower_steps=150,
                    move_train=160, long_train=40, long_test=8, long_duration=(40.0, 45.0), long_memory_gap=20.0,
-                   hard_stage1_epochs=6, hard_stage2_epochs=4, hard_baseline_epochs=8, cost_positions=(0, 20, 120), timing_frames=10,
+                   long_stage1_epochs=6, long_stage2_epochs=4, long_baseline_epochs=8, cost_positions=(0, 20, 120), timing_frames=10,
                    batch_size=4, long_batch_size=4),
     # CI: the same code path, one optimiser step per run (structure only; nothing is learned).
     "smoke": Scale("smoke", num_train=6, num_val=1, num_test=2, stage1_epochs=1, stage2_epochs=1, baseline_epochs=1, seeds=2, tower_steps=3,
                    move_train=4, long_train=2, long_test=2, long_duration=(34.0, 36.0), long_memory_gap=12.0,
-                   hard_stage1_epochs=1, hard_stage2_epochs=1, hard_baseline_epochs=1,
+                   long_stage1_epochs=1, long_stage2_epochs=1, long_baseline_epochs=1,
                    sweep_fps=(1.0, 2.0), cost_positions=(0, 20), memory_lengths=(10.0, 60.0), timing_frames=2, max_steps=1),
 }
 
@@ -505,17 +506,17 @@ def reproduce(scale: Scale, out: Path, record: bool = False) -> dict:
     hard = {}
     move = worlds["move"]
     hard["move"] = {
-        "streammind": evaluate(streammind("move_streammind", move, 0, scale.hard_stage1_epochs, scale.hard_stage2_epochs), move,
+        "streammind": evaluate(streammind("move_streammind", move, 0, scale.stage1_epochs, scale.stage2_epochs), move,
                                evals / "move_streammind", clock, "move world: streammind"),
-        "per_frame_llm": evaluate(baseline("move_per_frame_llm", move, 0, scale.hard_baseline_epochs), move,
+        "per_frame_llm": evaluate(baseline("move_per_frame_llm", move, 0, scale.baseline_epochs), move,
                                   evals / "move_per_frame_llm", clock, "move world: per-frame LLM"),
     }
     long_world, at_1fps, batch = worlds["long_memory"], {"frames_per_second": 1.0}, scale.long_batch_size
-    long_sm = streammind("long_streammind", long_world, 0, scale.hard_stage1_epochs, scale.hard_stage2_epochs, overrides=at_1fps, batch=batch)
+    long_sm = streammind("long_streammind", long_world, 0, scale.long_stage1_epochs, scale.long_stage2_epochs, overrides=at_1fps, batch=batch)
     # The same stage 1, with stage 2 also training the EPFE: can the gate's loss teach the state to keep the memory?
-    long_sm_epfe = streammind("long_streammind_epfe_in_stage2", long_world, 0, 0, scale.hard_stage2_epochs, batch=batch,
+    long_sm_epfe = streammind("long_streammind_epfe_in_stage2", long_world, 0, 0, scale.long_stage2_epochs, batch=batch,
                               stage1=str(models / "long_streammind" / "stage1"), stage2_extra=("--trainable", "[gate, perception]"))
-    long_bl = baseline("long_per_frame_llm", long_world, 0, scale.hard_baseline_epochs, overrides=at_1fps, batch=batch)
+    long_bl = baseline("long_per_frame_llm", long_world, 0, scale.long_baseline_epochs, overrides=at_1fps, batch=batch)
     hard["long_memory"] = {}
     for name, model_dir in (("streammind", long_sm), ("streammind_epfe_in_stage2", long_sm_epfe), ("per_frame_llm", long_bl)):
         hard["long_memory"][name] = evaluate(model_dir, long_world, evals / f"long_{name}", clock, f"long-memory world: {name}")

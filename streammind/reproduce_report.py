@@ -212,8 +212,8 @@ def render_markdown(report: dict) -> str:
         f"accuracy {report['tower']['val_scene_acc']}), frozen, one feature cache (mean-pooled features for StreamMind, CLS + 3x3 for the baseline).",
         f"- StreamMind: stage 1 {scale['stage1_epochs']:g} epochs, stage 2 {scale['stage2_epochs']:g} epochs (configs/tiny); the per-frame LLM: "
         f"{scale['baseline_epochs']:g} epochs of its single stage (configs/baseline/perframe_tiny.yaml); batch {scale['batch_size']}, lr 2e-3, "
-        f"cosine, the same annotations. Harder worlds: {scale['hard_stage1_epochs']:g} / {scale['hard_stage2_epochs']:g} / "
-        f"{scale['hard_baseline_epochs']:g} epochs (batch {scale['long_batch_size']} on the long-memory world).",
+        f"cosine, the same annotations, on the default and the move world. Long-memory world: {scale['long_stage1_epochs']:g} / "
+        f"{scale['long_stage2_epochs']:g} / {scale['long_baseline_epochs']:g} epochs, batch {scale['long_batch_size']}.",
         f"- Seeds: {scale['seeds']} for the two main rows (model initialisation and data order; the world and the tower are shared). "
         "Ablations are single runs at seed 0: read their differences against the main rows' standard deviations.",
         "- The per-frame-gate and 0.5/0.5 rows reuse seed 0's stage 1 (they differ only in the gate or its loss; the gate's mode "
