@@ -2,11 +2,10 @@
 
 For every annotation record: reset a streaming session (`StreamingSession` for StreamMind,
 `PerFrameSession` for the per-frame-LLM baseline, through `streammind.sessions.open_session`)
-with the record's query, feed the
-video's frames at the target fps by presentation time, and record each reply (time, text,
-gate probability) and the gate probability of every frame. Then score with
-`eval.score.score_predictions` (precision / recall / F1 at ±1/2/5 s, TriggerAcc, TimVal,
-reply exact match, caption metrics on matched replies).
+with the record's query, feed the video's frames at the target fps by presentation time, and
+record each reply (time, text, gate probability) and the gate probability of every frame.
+Then score with `eval.score.score_predictions` (precision / recall / F1 at ±1/2/5 s,
+TriggerAcc, TimVal, reply exact match, caption metrics on matched replies).
 
 Outputs in `out_dir`: `predictions.jsonl` (one line per video, re-scorable with
 `python -m eval.score`), `metrics.json`, `metrics.md`, and `plots/<id>.png` timelines
