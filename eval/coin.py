@@ -1,6 +1,6 @@
-"""COIN step / next / task / procedure / procedure+ (VideoLLM-online's protocol, SPEC §7).
+"""COIN step / next / task / procedure / procedure+ (VideoLLM-online's protocol, docs/design.md §6).
 
-    python -m eval.coin --model runs/stage1 --data-root data/coin --out runs/eval/coin \
+    streammind eval coin --model runs/stage1 --data-root data/coin --out runs/eval/coin \
         [--benchmarks step next task procedure taskprocedure] [--split test] \
         [--num-frames 32 | --fps 2] [--procedure-denominator faithful|labels] \
         [--skip-missing-videos] [--limit N] [--predictions runs/eval/coin/*/predictions.jsonl]
@@ -12,7 +12,7 @@ Data layout under --data-root (COIN itself, https://coin-dataset.github.io, not 
                                  "annotation": [{"segment": [s, e], "label": "..."}]}}}
     videos/<video_id>.mp4      (any of .mp4 .mkv .webm .avi .mov; --video-dir overrides)
 
-Examples (reference/peers.md §1.4): the split is every video whose "subset" contains
+Examples (VideoLLM-online's `data/coin/benchmarks.py`): the split is every video whose "subset" contains
 --split ("test" matches "testing"). Step names are the annotation labels (two labels are
 renamed as in VideoLLM-online: "process (crop, fold) paper" -> "crop and fold paper",
 "try to press gun head, spray residual old grease" -> "try to press gun head to spray
@@ -67,16 +67,18 @@ is greedy up to 512 new tokens, as there.
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from eval.common import Failure, setup_logging, write_json
-from eval.offline import NearestMatcher, OfflineTask, answer, build_offline_parser, evaluate, find_video, model_for
-from eval.score import write_markdown_table
 from streammind.errors import run_command
+from streammind.evaluation.answering import answer
+from streammind.evaluation.clip_sampling import find_video
+from streammind.evaluation.offline import OfflineTask, build_offline_parser, evaluate, model_for
+from streammind.evaluation.tasks import Failure, setup_logging, write_json, write_markdown_table
+from streammind.evaluation.text_matching import NearestMatcher
+from streammind.fileio import read_json
+from streammind.media.video import ceil_to_grid
 
 BENCHMARKS = ("step", "next", "task", "procedure", "taskprocedure")
 GRID_FPS = 2.0  # VideoLLM-online's frame rate: segment times are ceiled to its grid
@@ -115,11 +117,6 @@ def task_name(cls: str) -> str:
     for spaced, acronym in _ACRONYMS.items():
         text = re.sub(rf"(?<![a-z]){spaced}(?![a-z])", acronym, text)
     return text
-
-
-def ceil_to_grid(t: float, fps: float = GRID_FPS) -> float:
-    """Ceil a time to the frame grid (never below 0)."""
-    return max(math.ceil(t * fps) / fps, 0.0)
 
 
 # ---------------------------------------------------------------------------------------
@@ -173,8 +170,7 @@ def load_coin(data_root: str | Path, annotation: str | Path | None = None) -> di
         annotation = next((p for p in (root / "COIN.json", root / "coin.json") if p.exists()), None)
         if annotation is None:
             raise FileNotFoundError(f"no COIN.json or coin.json in {root}")
-    with open(annotation, encoding="utf-8") as handle:
-        return json.load(handle)["database"]
+    return read_json(annotation)["database"]
 
 
 class COINTask(OfflineTask):
@@ -255,7 +251,7 @@ class COINTask(OfflineTask):
     @staticmethod
     def _window(start: float, end: float) -> tuple[float, float]:
         """[ceil(start), ceil(end) + one grid step): the frames VideoLLM-online feeds."""
-        return ceil_to_grid(start), ceil_to_grid(end) + 1.0 / GRID_FPS
+        return ceil_to_grid(start, GRID_FPS), ceil_to_grid(end, GRID_FPS) + 1.0 / GRID_FPS
 
     def load_examples(self) -> list[dict]:
         out = []
@@ -339,7 +335,7 @@ class COINTask(OfflineTask):
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the selected COIN benchmarks; each writes into <out>/<benchmark>/, a summary into <out>."""
-    parser = build_offline_parser("python -m eval.coin", __doc__, max_new_tokens=MAX_NEW_TOKENS,
+    parser = build_offline_parser("streammind eval coin", __doc__, max_new_tokens=MAX_NEW_TOKENS,
                                   annotations_help="COIN.json (default: <data-root>/COIN.json or coin.json)")
     parser.add_argument("--benchmarks", nargs="+", choices=BENCHMARKS, default=list(BENCHMARKS))
     parser.add_argument("--split", default="test", help="subset to evaluate (default: %(default)s)")
@@ -370,4 +366,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_command("python -m eval.coin", main))
+    raise SystemExit(run_command("streammind eval coin", main))

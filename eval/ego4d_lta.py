@@ -1,6 +1,6 @@
-"""Ego4D long-term action anticipation, ED@20 (VideoLLM-online's protocol, SPEC §7).
+"""Ego4D long-term action anticipation, ED@20 (VideoLLM-online's protocol, docs/design.md §6).
 
-    python -m eval.ego4d_lta --model runs/stage1 --data-root data/ego4d --out runs/eval/lta \
+    streammind eval ego4d_lta --model runs/stage1 --data-root data/ego4d --out runs/eval/lta \
         [--split val] [--num-frames 32 | --fps 2] [--num-beams 5] [--video-source full_scale|clips]
 
 Data layout under --data-root (Ego4D v2, https://ego4d-data.org, not shipped):
@@ -13,7 +13,7 @@ Data layout under --data-root (Ego4D v2, https://ego4d-data.org, not shipped):
     v2/full_scale/<video_uid>.mp4        (--video-source full_scale, the default) or
     v2/clips/<clip_uid>.mp4              (--video-source clips); --video-dir overrides either
 
-Protocol (reference/peers.md §1.4–1.5, VideoLLM-online's `data/ego4d/lta.py`):
+Protocol (VideoLLM-online's `data/ego4d/lta.py`, github.com/showlab/videollm-online):
 - Examples. Actions are grouped by clip and sorted by action_idx; clips with fewer than
   8 + 20 actions are left out (that is the protocol's sample set, not a failure). Every
   run of 8 observed actions i .. i+7 followed by 20 future actions i+8 .. i+27 is one
@@ -57,10 +57,13 @@ from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from eval.common import setup_logging
-from eval.offline import NearestMatcher, OfflineTask, answer_beams, build_offline_parser, evaluate, find_video, levenshtein, model_for
-from streammind.atomic import write_text
 from streammind.errors import run_command
+from streammind.evaluation.answering import answer_beams
+from streammind.evaluation.clip_sampling import find_video
+from streammind.evaluation.offline import OfflineTask, build_offline_parser, evaluate, model_for
+from streammind.evaluation.tasks import setup_logging
+from streammind.evaluation.text_matching import NearestMatcher, levenshtein
+from streammind.fileio import read_json, write_text
 
 NUM_OBSERVED = 8
 NUM_FUTURE = 20  # Z
@@ -123,8 +126,7 @@ class Taxonomy:
 
     @classmethod
     def from_file(cls, path: str | Path) -> Taxonomy:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
+        data = read_json(path)
         return cls(data["verbs"], data["nouns"])
 
     def labels(self, action: str) -> tuple[int, int]:
@@ -220,8 +222,7 @@ class Ego4DLTATask(OfflineTask):
         self.labelled = "unannotated" not in split
 
     def load_examples(self) -> list[dict]:
-        with open(self.annotation, encoding="utf-8") as handle:
-            rows = json.load(handle)["clips"]
+        rows = read_json(self.annotation)["clips"]
         by_clip: dict[str, list[dict]] = defaultdict(list)
         for row in rows:
             by_clip[row["clip_uid"]].append(row)
@@ -303,7 +304,7 @@ class Ego4DLTATask(OfflineTask):
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run Ego4D LTA and write predictions, metrics and the challenge-format file into --out."""
-    parser = build_offline_parser("python -m eval.ego4d_lta", __doc__, max_new_tokens=MAX_NEW_TOKENS,
+    parser = build_offline_parser("streammind eval ego4d_lta", __doc__, max_new_tokens=MAX_NEW_TOKENS,
                                   annotations_help="the split's annotation (default: <data-root>/annotations/fho_lta_<split>.json)")
     parser.add_argument("--split", default="val", help="val, train or test_unannotated (default: %(default)s)")
     parser.add_argument("--video-source", choices=["full_scale", "clips"], default="full_scale")
@@ -321,4 +322,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_command("python -m eval.ego4d_lta", main))
+    raise SystemExit(run_command("streammind eval ego4d_lta", main))

@@ -1,6 +1,6 @@
 """Ego4D narration stream benchmark (VideoLLM-online's streaming narration), both protocols.
 
-    python -m eval.ego4d_narration --model CKPT --data-root DATA/ego4d \
+    streammind eval ego4d_narration --model CKPT --data-root DATA/ego4d \
         --annotations DATA/ego4d/narration_stream_val.json --out runs/eval/ego4d_val
 
 Data layout (none of it ships with the project):
@@ -13,7 +13,7 @@ Data layout (none of it ships with the project):
                                          or a canonical stream-annotation JSONL (.jsonl)
                                          whose video paths are relative to the data root
 
-The narration JSON goes through `streammind.datasets.converters.convert_ego4d`: one record
+The narration JSON goes through `streammind.training.annotation_converters.convert_ego4d`: one record
 per (video, annotation pass), times ceiled to the model's fps grid (`--grid-fps`
 overrides), repeated texts dropped, `--first-pass-only` for the original StreamMind
 evaluation's one pass per video. An annotation pass without any narration cannot become a
@@ -27,16 +27,17 @@ Outputs in `--out`: `free/`, `teacher/` and the summary (see `eval.synthetic`).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from eval.common import Failure, apply_limit, build_parser, load_model_from_args, run_stream_protocols, setup_logging
-from eval.teacher_forced import TeacherForcedTask
 from streammind.builder import read_config
-from streammind.datasets.annotations import AnnotationError, StreamAnnotation, load_annotations
-from streammind.datasets.converters import EGO4D_QUERY, EGO4D_VIDEO_TEMPLATE, convert_ego4d
 from streammind.errors import run_command
+from streammind.evaluation.protocols import run_stream_protocols
+from streammind.evaluation.tasks import Failure, apply_limit, build_parser, load_model_from_args, setup_logging
+from streammind.evaluation.teacher_forced import TeacherForcedTask
+from streammind.fileio import read_json
+from streammind.training.annotation_converters import EGO4D_QUERY, EGO4D_VIDEO_TEMPLATE, convert_ego4d
+from streammind.training.annotations import AnnotationError, StreamAnnotation, load_annotations
 
 
 class Ego4DNarration(TeacherForcedTask):
@@ -60,12 +61,7 @@ def load_narration_records(
     """
     if path.suffix == ".jsonl":
         return load_annotations(path), []
-    if not path.is_file():
-        raise AnnotationError(f"{path}: file not found")
-    try:
-        streams = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise AnnotationError(f"{path}: invalid JSON ({error.msg} at line {error.lineno})") from error
+    streams = read_json(path, AnnotationError)
     records = convert_ego4d(
         streams, fps=fps, query=query, video_template=video_template, first_pass_only=first_pass_only, source=str(path)
     )
@@ -82,7 +78,7 @@ def load_narration_records(
 def main(argv: Sequence[str] | None = None) -> int:
     """Evaluate a model on Ego4D narration streams; returns the exit status."""
     parser = build_parser(
-        "python -m eval.ego4d_narration",
+        "streammind eval ego4d_narration",
         __doc__,
         annotations_help="narration_stream_{split}.json or a canonical JSONL (default: <data-root>/narration_stream_<split>.json)",
     )
@@ -110,4 +106,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_command("python -m eval.ego4d_narration", main))
+    raise SystemExit(run_command("streammind eval ego4d_narration", main))

@@ -2,10 +2,10 @@
 
     streammind eval offline --data-root data/eval --model runs/stage1 --out runs/eval/offline \\
         [--only coin mvbench ...] [--device cuda --dtype bfloat16] [--limit N] [--num-frames N] [--skip-judge]
-    (the same as `python -m eval.offline_suite ...` and `scripts/eval/offline.sh ...`)
+    (the same as `scripts/eval/offline.sh ...`, and `python -m eval.offline_suite ...` in a checkout)
 
 Detection. Each benchmark has one folder under --data-root, named as in StreamMind's release
-where it has one; inside it, the layout its own module documents (`python -m eval.<module>
+where it has one; inside it, the layout its own module documents (`streammind eval <module>
 --help`). A benchmark is run when its folder holds the files below, and otherwise reported as
 "skipped (not found: <the first path checked that is missing>)", never as a zero:
 
@@ -57,11 +57,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from eval.common import load_model_from_args, reuse_loaded_models, setup_logging, write_json
-from eval.qa_mc import MVBENCH_TASKS
-from eval.qa_open import JudgeConfig, JudgeConfigError
-from streammind.atomic import write_text
 from streammind.errors import run_command
+from streammind.evaluation.judge import JudgeConfig, JudgeConfigError
+from streammind.evaluation.tasks import load_model_from_args, reuse_loaded_models, setup_logging, write_json
+from streammind.fileio import write_text
+
+from .qa_mc import MVBENCH_TASKS
 
 logger = logging.getLogger(__name__)
 
@@ -194,18 +195,18 @@ class Benchmark:
 
 
 BENCHMARKS = (
-    Benchmark("coin", "COIN", "coin", "eval.coin", "accuracy %", _coin, _coin_values, _coin_counts),
-    Benchmark("ego4d_lta", "Ego4D LTA", "ego4d", "eval.ego4d_lta", "ED@20, lower is better", _ego4d_lta, _lta_values),
-    Benchmark("msvd_qa", "MSVD-QA", "MSVD_Zero_Shot_QA", "eval.qa_open", "judge accuracy, score 0-5", _msvd, _qa_open_values,
+    Benchmark("coin", "COIN", "coin", "coin", "accuracy %", _coin, _coin_values, _coin_counts),
+    Benchmark("ego4d_lta", "Ego4D LTA", "ego4d", "ego4d_lta", "ED@20, lower is better", _ego4d_lta, _lta_values),
+    Benchmark("msvd_qa", "MSVD-QA", "MSVD_Zero_Shot_QA", "qa_open", "judge accuracy, score 0-5", _msvd, _qa_open_values,
               judged=True),
-    Benchmark("activitynet_qa", "ActivityNet-QA", "Activitynet_Zero_Shot_QA", "eval.qa_open", "judge accuracy, score 0-5",
+    Benchmark("activitynet_qa", "ActivityNet-QA", "Activitynet_Zero_Shot_QA", "qa_open", "judge accuracy, score 0-5",
               _activitynet, _qa_open_values, judged=True),
-    Benchmark("mvbench", "MVBench", "mvbench", "eval.qa_mc", "accuracy", _mvbench, _qa_mc_values),
-    Benchmark("videomme", "Video-MME", "videomme", "eval.qa_mc", "accuracy", _videomme, _qa_mc_values),
-    Benchmark("egoschema", "EgoSchema", "egoschema", "eval.qa_mc", "accuracy", _egoschema, _qa_mc_values),
-    Benchmark("perceptiontest", "PerceptionTest", "perception_test_mcqa", "eval.qa_mc", "accuracy", _perceptiontest,
+    Benchmark("mvbench", "MVBench", "mvbench", "qa_mc", "accuracy", _mvbench, _qa_mc_values),
+    Benchmark("videomme", "Video-MME", "videomme", "qa_mc", "accuracy", _videomme, _qa_mc_values),
+    Benchmark("egoschema", "EgoSchema", "egoschema", "qa_mc", "accuracy", _egoschema, _qa_mc_values),
+    Benchmark("perceptiontest", "PerceptionTest", "perception_test_mcqa", "qa_mc", "accuracy", _perceptiontest,
               _qa_mc_values),
-    Benchmark("videochatgpt", "Video-ChatGPT", "videochatgpt_gen", "eval.videochatgpt", "judge score 0-5", _videochatgpt,
+    Benchmark("videochatgpt", "Video-ChatGPT", "videochatgpt_gen", "videochatgpt", "judge score 0-5", _videochatgpt,
               _videochatgpt_values, judged=True),
 )
 NAMES = tuple(b.name for b in BENCHMARKS)
@@ -235,19 +236,24 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
+class BenchmarkFailed(Exception):
+    """A benchmark's command exited with an error; the message is its last error line."""
+
+
 def _run_main(module_name: str, argv: list[str]) -> None:
-    """Run `module.main(argv)` under the commands' error convention; a non-zero exit status (a
-    reported error, or SystemExit) raises RuntimeError with the command's last error line."""
+    """Run the benchmark module's `main(argv)` under the commands' error convention; a non-zero exit
+    status (a reported error, or SystemExit) raises BenchmarkFailed with the command's last error line."""
     tail = _Tail(sys.stderr)
     try:
         with contextlib.redirect_stderr(tail):
-            status = run_command(f"python -m {module_name}", importlib.import_module(module_name).main, argv)
+            module = importlib.import_module(f".{module_name}", __package__)
+            status = run_command(f"streammind eval {module_name}", module.main, argv)
     except SystemExit as exit_:  # argparse's --help and version actions exit 0
         status = exit_.code
     if status in (0, None):
         return
     lines = [line for line in tail.text.splitlines() if line.strip()]
-    raise RuntimeError(_one_line(lines[-1]) if lines else f"exited with status {status}")
+    raise BenchmarkFailed(_one_line(lines[-1]) if lines else f"exited with status {status}")
 
 
 def run_benchmark(benchmark: Benchmark, data_root: Path, out: Path, common: list[str], *, judge: bool) -> dict:
@@ -270,13 +276,16 @@ def run_benchmark(benchmark: Benchmark, data_root: Path, out: Path, common: list
         metrics = json.loads((bench_out / "metrics.json").read_text(encoding="utf-8"))
         values = benchmark.values(metrics)
         num_examples, num_failed = benchmark.counts(metrics)
-    except Exception as error:  # any failure of one benchmark is reported and the suite goes on
+    except BenchmarkFailed as error:  # a reported error: its one line says it all
+        logger.error("%s failed: %s", benchmark.name, error)
+        return record | {"status": "failed", "reason": _one_line(str(error)), "out": str(bench_out)}
+    except Exception as error:  # any other failure of one benchmark is reported and the suite goes on
         logger.error("%s failed", benchmark.name, exc_info=True)
         return record | {"status": "failed", "reason": _one_line(f"{type(error).__name__}: {error}"), "out": str(bench_out)}
     record |= {"values": values, "num_examples": num_examples, "num_failed": num_failed, "out": str(bench_out)}
     if benchmark.judged and not judge:
         return record | {"status": "answered, not judged", "values": {},
-                         "reason": f"no judge configured: judge later with python -m {benchmark.module} --predictions"}
+                         "reason": f"no judge configured: judge later with streammind eval {benchmark.module} --predictions"}
     note = metrics.get("metrics", {}).get("note") if isinstance(metrics.get("metrics"), Mapping) else None
     return record | {"status": "ok", "reason": note}
 

@@ -1,7 +1,7 @@
-"""Multiple-choice video QA: MVBench, Video-MME, EgoSchema, PerceptionTest (SPEC §7).
+"""Multiple-choice video QA: MVBench, Video-MME, EgoSchema, PerceptionTest (docs/design.md §6).
 
-    python -m eval.qa_mc --dataset mvbench --model runs/stage1 --data-root data/mvbench --out runs/eval/mvbench
-    python -m eval.qa_mc --dataset videomme --model runs/stage1 --data-root data/videomme --out runs/eval/videomme
+    streammind eval qa_mc --dataset mvbench --model runs/stage1 --data-root data/mvbench --out runs/eval/mvbench
+    streammind eval qa_mc --dataset videomme --model runs/stage1 --data-root data/videomme --out runs/eval/videomme
 
 Data layouts under --data-root (not shipped):
 
@@ -56,17 +56,18 @@ values, and counts of failed videos, empty and unparsed replies, unscored questi
 
 from __future__ import annotations
 
-import json
 import re
 import string
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from eval.common import setup_logging
-from eval.offline import OfflineTask, answer, build_offline_parser, evaluate, find_video, model_for
-from streammind.atomic import write_text
 from streammind.errors import run_command
+from streammind.evaluation.answering import answer
+from streammind.evaluation.clip_sampling import find_video
+from streammind.evaluation.offline import OfflineTask, build_offline_parser, evaluate, model_for
+from streammind.evaluation.tasks import setup_logging
+from streammind.fileio import read_json, read_jsonl, write_text
 
 DATASETS = ("mvbench", "videomme", "egoschema", "perceptiontest")
 LETTERS = string.ascii_uppercase
@@ -164,10 +165,10 @@ def is_correct(*, prediction: int | None, reference: int) -> bool:
 
 
 def _read_records(path: Path) -> list:
+    """A JSON list (or a JSON Lines file of records)."""
     if path.suffix == ".jsonl":
-        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
+        return [record for _, record in read_jsonl(path)]
+    return read_json(path)
 
 
 def _video(directory: Path, name: str) -> str:
@@ -369,7 +370,7 @@ class MultipleChoiceTask(OfflineTask):
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Answer every question and write predictions, metrics and a table into --out."""
-    parser = build_offline_parser("python -m eval.qa_mc", __doc__, max_new_tokens=MAX_NEW_TOKENS)
+    parser = build_offline_parser("streammind eval qa_mc", __doc__, max_new_tokens=MAX_NEW_TOKENS)
     parser.add_argument("--dataset", choices=DATASETS, required=True)
     parser.add_argument("--tasks", nargs="+", default=None, help="MVBench tasks by json stem (default: all 20)")
     parser.add_argument("--split", default="valid", help="PerceptionTest split, mc_question_<split>.json (default: %(default)s)")
@@ -385,4 +386,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_command("python -m eval.qa_mc", main))
+    raise SystemExit(run_command("streammind eval qa_mc", main))

@@ -1,14 +1,14 @@
-"""Open-ended video QA (MSVD-QA, ActivityNet-QA) scored by an LLM judge (SPEC §7).
+"""Open-ended video QA (MSVD-QA, ActivityNet-QA) scored by an LLM judge (docs/design.md §6).
 
     export STREAMMIND_JUDGE_BASE_URL=https://api.openai.com/v1   # any OpenAI-compatible server
     export STREAMMIND_JUDGE_MODEL=gpt-4o-mini
     export OPENAI_API_KEY=...                                     # optional for local servers
-    python -m eval.qa_open --dataset msvd --model runs/stage1 --data-root data/msvd_qa --out runs/eval/msvd
-    python -m eval.qa_open --dataset msvd --data-root data/msvd_qa --out runs/eval/msvd_rescored \
+    streammind eval qa_open --dataset msvd --model runs/stage1 --data-root data/msvd_qa --out runs/eval/msvd
+    streammind eval qa_open --dataset msvd --data-root data/msvd_qa --out runs/eval/msvd_rescored \
         --predictions runs/eval/msvd/predictions.jsonl --judgements runs/eval/msvd/judgements.jsonl
 
 Data layouts under --data-root (not shipped; the files as Video-ChatGPT's evaluation
-distributes them, reference/original-code.md §3.6):
+distributes them, which the original release's QA scripts read):
 
     MSVD-QA (--dataset msvd)
         test_qa.json        [{"video_id": "-4wsuPCjDBc_5_15" or 1201, "question": "...",
@@ -25,7 +25,7 @@ distributes them, reference/original-code.md §3.6):
 
 Repeated question ids get "#k" suffixes so every question is one record.
 
-Answering: `eval.offline.answer` (32 uniform frames, greedy, up to 1024 new tokens as the
+Answering: `streammind.evaluation.answering.answer` (32 uniform frames, greedy, up to 1024 new tokens as the
 original's QA scripts).
 
 Judge: any OpenAI-compatible chat-completions endpoint, configured only by environment
@@ -60,28 +60,29 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
-from eval.common import setup_logging
-from eval.offline import OfflineTask, answer, build_offline_parser, evaluate, find_video, load_saved_predictions, model_for
-from eval.score import RecordError, read_records
-from streammind.atomic import atomic_write
-from streammind.errors import UserError, run_command
+from streammind.errors import run_command
+from streammind.evaluation.answering import answer
+from streammind.evaluation.clip_sampling import find_video
+from streammind.evaluation.judge import (
+    Judge,
+    JudgeConfig,
+    JudgeConfigError,
+    JudgeError,
+    JudgeResponseError,
+)
+from streammind.evaluation.offline import OfflineTask, build_offline_parser, evaluate, load_saved_predictions, model_for
+from streammind.evaluation.tasks import RecordError, setup_logging
+from streammind.fileio import atomic_write, read_json, read_jsonl
 
 logger = logging.getLogger(__name__)
 
-ENV_BASE_URL = "STREAMMIND_JUDGE_BASE_URL"
-ENV_MODEL = "STREAMMIND_JUDGE_MODEL"
-ENV_API_KEY = "OPENAI_API_KEY"
 MAX_NEW_TOKENS = 1024
 DATASETS = ("msvd", "activitynet")
 
@@ -99,20 +100,8 @@ JUDGE_USER = (
 
 
 # ---------------------------------------------------------------------------------------
-# Judge
+# The QA judge's verdicts
 # ---------------------------------------------------------------------------------------
-
-
-class JudgeConfigError(UserError, RuntimeError):
-    """The judge is not configured, or the endpoint refuses us (bad URL, model or key)."""
-
-
-class JudgeError(RuntimeError):
-    """One judgement failed after all retries."""
-
-
-class JudgeResponseError(ValueError):
-    """The judge's reply is not a usable judgement."""
 
 
 @dataclass(frozen=True)
@@ -178,106 +167,11 @@ def parse_judgement(text: str) -> Judgement:
     return Judgement(_yes_no(found_match.group(1)), _score(found_score.group(1)))
 
 
-@dataclass
-class JudgeConfig:
-    """Where and how to call the judge. `api_key` is never shown in reprs or logs."""
-
-    base_url: str
-    model: str
-    api_key: str | None = field(default=None, repr=False)
-    temperature: float = 0.0
-    max_tokens: int = 100
-    timeout_s: float = 60.0
-    max_attempts: int = 5
-    backoff_s: float = 1.0  # first retry delay; doubles each time
-
-    @classmethod
-    def from_env(cls, **overrides) -> JudgeConfig:
-        """Read STREAMMIND_JUDGE_BASE_URL, STREAMMIND_JUDGE_MODEL and OPENAI_API_KEY."""
-        base_url, model = os.environ.get(ENV_BASE_URL, "").strip(), os.environ.get(ENV_MODEL, "").strip()
-        missing = [name for name, value in ((ENV_BASE_URL, base_url), (ENV_MODEL, model)) if not value]
-        if missing:
-            raise JudgeConfigError(
-                f"the QA judge is not configured: set {' and '.join(missing)} (an OpenAI-compatible endpoint, e.g. "
-                f"{ENV_BASE_URL}=https://api.openai.com/v1 and {ENV_MODEL}=gpt-4o-mini, plus {ENV_API_KEY} if it needs "
-                "a key), or pass --skip-judge to write predictions only"
-            )
-        return cls(base_url=base_url.rstrip("/"), model=model, api_key=os.environ.get(ENV_API_KEY) or None, **overrides)
-
-
-_RETRY_STATUS = {408, 409, 425, 429}
-_FATAL_STATUS = {401, 403, 404}
-# Same-origin redirects followed per request (307 / 308 only: they keep the method and body).
-_MAX_REDIRECTS = 5
-
-
-class JudgeHTTPError(Exception):
-    """The endpoint answered with an HTTP error status."""
-
-    def __init__(self, code: int, reason: str, retry_after: str | None = None):
-        super().__init__(f"HTTP {code} {reason}")
-        self.code, self.reason, self.retry_after = code, reason, retry_after
-
-
-def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
-    """(scheme, host, port) with the scheme's default port filled in."""
-    return url.scheme, url.host, url.port or {"http": 80, "https": 443}.get(url.scheme)
-
-
-class Judge:
-    """Calls an OpenAI-compatible chat-completions endpoint and parses judgements."""
-
-    def __init__(self, config: JudgeConfig):
-        self.config = config
-
-    def _post(self, payload: dict) -> dict:
-        """One request (following same-origin 307/308 redirects); returns the decoded JSON body.
-
-        Raises:
-            JudgeHTTPError: an HTTP error status.
-            JudgeConfigError: a redirect to another origin or with another status (not followed).
-            httpx.TransportError, json.JSONDecodeError: as they come.
-        """
-        headers = {"Content-Type": "application/json"}
-        if self.config.api_key:
-            headers["Authorization"] = f"Bearer {self.config.api_key}"
-        url = httpx.URL(f"{self.config.base_url}/chat/completions")
-        origin = _origin(url)
-        body = json.dumps(payload).encode("utf-8")
-        with httpx.Client(timeout=self.config.timeout_s, follow_redirects=False) as client:
-            for _ in range(_MAX_REDIRECTS + 1):
-                response = client.post(url, content=body, headers=headers)
-                if not response.is_redirect:
-                    break
-                target = url.join(response.headers["location"])
-                if _origin(target) != origin:
-                    raise JudgeConfigError(
-                        f"the judge endpoint {self.config.base_url} redirects to another host ({target.scheme}://{target.host}"
-                        f"{f':{target.port}' if target.port else ''}); refused, the request and its credentials stay with "
-                        f"the configured host: set {ENV_BASE_URL} to the final endpoint"
-                    )
-                if response.status_code not in (307, 308):
-                    raise JudgeConfigError(
-                        f"the judge endpoint answered HTTP {response.status_code} (a redirect that turns the POST into a GET) "
-                        f"to {target}: set {ENV_BASE_URL} to the final endpoint"
-                    )
-                url = target
-            else:
-                raise JudgeError(f"more than {_MAX_REDIRECTS} redirects from {self.config.base_url}")
-            if response.status_code >= 400:
-                raise JudgeHTTPError(response.status_code, response.reason_phrase, response.headers.get("Retry-After"))
-            return json.loads(response.content.decode("utf-8"))
-
-    def _delay(self, attempt: int, retry_after: str | None) -> float:
-        if retry_after:
-            try:
-                return min(float(retry_after), 60.0)
-            except ValueError:
-                pass
-        return self.config.backoff_s * 2**attempt
+class QAJudge(Judge):
+    """The judge of open-ended QA: the prompt above, a verdict `Judgement` per answer."""
 
     def judge(self, *, question: str, prediction: str, reference: str) -> tuple[Judgement, str]:
-        """Judge one answer with the QA prompt; returns the judgement and the raw reply text.
+        """Judge one answer; returns the judgement and the raw reply text.
 
         Raises:
             JudgeConfigError: HTTP 401/403/404 (fix the configuration).
@@ -289,57 +183,10 @@ class Judge:
         ]
         return self.ask(messages, parse_judgement)
 
-    def ask(self, messages: Sequence[Mapping[str, str]], parse: Callable[[str], object]) -> tuple[object, str]:
-        """Send chat `messages` and parse the reply with `parse` (which raises JudgeResponseError
-        on an unusable reply, retried like a transient error); returns (parsed, raw reply text).
-
-        Raises:
-            JudgeConfigError: HTTP 401/403/404, or a redirect to another host (fix the configuration).
-            JudgeError: still failing after `max_attempts`.
-        """
-        payload = {
-            "model": self.config.model,
-            "messages": [dict(message) for message in messages],
-            "temperature": self.config.temperature,
-            "max_tokens": self.config.max_tokens,
-        }
-        last_error = "no attempt made"
-        for attempt in range(self.config.max_attempts):
-            retry_after = None
-            try:
-                body = self._post(payload)
-                content = body["choices"][0]["message"]["content"] or ""
-                return parse(content), content
-            except JudgeHTTPError as error:
-                if error.code in _FATAL_STATUS:
-                    raise JudgeConfigError(
-                        f"the judge endpoint answered HTTP {error.code} {error.reason} for {self.config.base_url} "
-                        f"(model {self.config.model!r}): check {ENV_BASE_URL}, {ENV_MODEL} and {ENV_API_KEY}"
-                    ) from None
-                if error.code not in _RETRY_STATUS and error.code < 500:
-                    raise JudgeError(str(error)) from None
-                last_error, retry_after = str(error), error.retry_after
-            except (httpx.TransportError, TimeoutError, ConnectionError) as error:
-                last_error = f"{type(error).__name__}: {error}"
-            except (json.JSONDecodeError, UnicodeDecodeError, KeyError, IndexError, TypeError) as error:
-                last_error = f"malformed response body ({type(error).__name__})"
-            except JudgeResponseError as error:
-                last_error = str(error)
-            if attempt + 1 < self.config.max_attempts:
-                delay = self._delay(attempt, retry_after)
-                logger.warning("judge attempt %d failed (%s); retrying in %.1f s", attempt + 1, last_error, delay)
-                time.sleep(delay)
-        raise JudgeError(f"judge failed after {self.config.max_attempts} attempts: {last_error}")
-
 
 # ---------------------------------------------------------------------------------------
 # Data
 # ---------------------------------------------------------------------------------------
-
-
-def _read_json(path: Path):
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
 
 
 def _unique_ids(ids: Sequence[str]) -> list[str]:
@@ -363,7 +210,7 @@ def _resolve(video_dir: Path, stems: Sequence[str]) -> str:
 
 def load_msvd(root: Path, video_dir: Path, questions: Path | None = None) -> list[dict]:
     """MSVD-QA examples (layout in the module docstring)."""
-    rows = _read_json(questions or root / "test_qa.json")
+    rows = read_json(questions or root / "test_qa.json")
     mapping = {}
     if (root / "youtube_mapping.txt").exists():
         for line in (root / "youtube_mapping.txt").read_text(encoding="utf-8").splitlines():
@@ -382,7 +229,7 @@ def load_msvd(root: Path, video_dir: Path, questions: Path | None = None) -> lis
 def load_activitynet(root: Path, video_dir: Path, questions: Path | None = None) -> list[dict]:
     """ActivityNet-QA examples (layout in the module docstring); answers from test_a.json beside the questions."""
     questions = questions or root / "test_q.json"
-    q_rows, a_rows = _read_json(questions), _read_json(questions.parent / "test_a.json")
+    q_rows, a_rows = read_json(questions), read_json(questions.parent / "test_a.json")
     if all("question_id" in a for a in a_rows) and all("question_id" in q for q in q_rows):
         by_id = {str(a["question_id"]): a for a in a_rows}
         missing = [str(q["question_id"]) for q in q_rows if str(q["question_id"]) not in by_id]
@@ -408,7 +255,7 @@ def load_activitynet(root: Path, video_dir: Path, questions: Path | None = None)
 def load_judgements(path: str | Path) -> dict[str, dict]:
     """A judgements.jsonl of an earlier run, by id (a bad line raises RecordError naming ``file:line``)."""
     out = {}
-    for where, record in read_records(path):
+    for where, record in read_jsonl(path, RecordError):
         if not isinstance(record, dict) or "id" not in record:
             raise RecordError(f"{where}: expected a judgement object with an 'id'")
         out[str(record["id"])] = record
@@ -587,7 +434,7 @@ class OpenQATask(OfflineTask):
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Answer (or load saved answers), judge, and write predictions, judgements, metrics and a table into --out."""
-    parser = build_offline_parser("python -m eval.qa_open", __doc__, max_new_tokens=MAX_NEW_TOKENS,
+    parser = build_offline_parser("streammind eval qa_open", __doc__, max_new_tokens=MAX_NEW_TOKENS,
                                   annotations_help="question file (default: test_qa.json / test_q.json under --data-root)")
     parser.add_argument("--dataset", choices=DATASETS, required=True)
     parser.add_argument("--video-dir", type=Path, default=None, help="default: <data-root>/videos (ActivityNet-QA: all_test/ when there is no videos/)")
@@ -602,7 +449,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging()
     # A missing judge configuration (JudgeConfigError) fails before any time is spent on the model.
-    judge = None if args.skip_judge else Judge(JudgeConfig.from_env(
+    judge = None if args.skip_judge else QAJudge(JudgeConfig.from_env(
         temperature=args.judge_temperature, max_attempts=args.judge_attempts, backoff_s=args.judge_backoff))
     model, processor = model_for(args, parser)
     task = OpenQATask(args.dataset, args.data_root, judge=judge, questions=args.annotations, video_dir=args.video_dir,
@@ -618,4 +465,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_command("python -m eval.qa_open", main))
+    raise SystemExit(run_command("streammind eval qa_open", main))

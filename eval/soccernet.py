@@ -1,6 +1,6 @@
 """SoccerNet / MatchTime live-commentary benchmark, both protocols.
 
-    python -m eval.soccernet --model CKPT --data-root DATA/SoccerNet \
+    streammind eval soccernet --model CKPT --data-root DATA/SoccerNet \
         --annotations DATA/MatchTime/valid --out runs/eval/soccernet_valid
 
 Data layout (none of it ships with the project):
@@ -17,7 +17,7 @@ same relative paths. `--annotations` defaults to the data root (captions next to
 videos) and may also be a canonical stream-annotation JSONL (.jsonl).
 
 Every `Labels-caption.json` below the caption root goes through
-`streammind.datasets.converters.convert_soccernet_tree`: one record per half, id
+`streammind.training.annotation_converters.convert_soccernet_tree`: one record per half, id
 "<match>/<half>", time = seconds into the half, captions on the same second joined. Each
 half named by `--halves` (default: 1 2) that has no caption in its match's file is counted
 as a "missing_annotation" failure (summary "load_failures" and teacher-forced
@@ -34,11 +34,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from eval.common import Failure, apply_limit, build_parser, load_model_from_args, run_stream_protocols, setup_logging
-from eval.teacher_forced import TeacherForcedTask
-from streammind.datasets.annotations import AnnotationError, StreamAnnotation, load_annotations
-from streammind.datasets.converters import SOCCER_LABELS_NAME, SOCCER_QUERY, SOCCER_VIDEO_TEMPLATE, convert_soccernet_tree
 from streammind.errors import run_command
+from streammind.evaluation.protocols import run_stream_protocols
+from streammind.evaluation.tasks import Failure, apply_limit, build_parser, load_model_from_args, setup_logging
+from streammind.evaluation.teacher_forced import TeacherForcedTask
+from streammind.training.annotation_converters import SOCCER_LABELS_NAME, SOCCER_QUERY, SOCCER_VIDEO_TEMPLATE, convert_soccernet_tree
+from streammind.training.annotations import AnnotationError, StreamAnnotation, load_annotations
 
 
 class SoccerNetCommentary(TeacherForcedTask):
@@ -79,7 +80,7 @@ def load_commentary_records(
 def main(argv: Sequence[str] | None = None) -> int:
     """Evaluate a model on SoccerNet commentary; returns the exit status."""
     parser = build_parser(
-        "python -m eval.soccernet",
+        "streammind eval soccernet",
         __doc__,
         annotations_help=f"folder searched for {SOCCER_LABELS_NAME}, or a canonical JSONL (default: the data root)",
     )
@@ -105,4 +106,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_command("python -m eval.soccernet", main))
+    raise SystemExit(run_command("streammind eval soccernet", main))

@@ -3,8 +3,8 @@
     export STREAMMIND_JUDGE_BASE_URL=https://api.openai.com/v1   # any OpenAI-compatible server
     export STREAMMIND_JUDGE_MODEL=gpt-4o-mini
     export OPENAI_API_KEY=...                                     # optional for local servers
-    python -m eval.videochatgpt --model runs/stage1 --data-root data/videochatgpt_gen --out runs/eval/vcgpt
-    python -m eval.videochatgpt --data-root data/videochatgpt_gen --out runs/eval/vcgpt_rescored \\
+    streammind eval videochatgpt --model runs/stage1 --data-root data/videochatgpt_gen --out runs/eval/vcgpt
+    streammind eval videochatgpt --data-root data/videochatgpt_gen --out runs/eval/vcgpt_rescored \\
         --predictions runs/eval/vcgpt/predictions.jsonl --judgements runs/eval/vcgpt/judgements.jsonl
 
 Data layout under --data-root (not shipped; the files as Video-ChatGPT publishes them for its
@@ -22,7 +22,7 @@ quantitative evaluation, gathered in one folder, `videochatgpt_gen` in StreamMin
 Examples: one per record, with ids "generic/<video_name>", "temporal/<video_name>" and
 "consistency/<video_name>" (a repeated one gets "#1", "#2", ...); --parts picks the files.
 
-Answering: `eval.offline.answer` (32 uniform frames, greedy, up to 1024 new tokens, as for the
+Answering: `streammind.evaluation.answering.answer` (32 uniform frames, greedy, up to 1024 new tokens, as for the
 open-ended QA benchmarks). Both questions of a consistency record are answered from the same
 frames, each in its own one-turn conversation.
 
@@ -77,9 +77,12 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from eval.common import setup_logging
-from eval.offline import OfflineTask, answer, build_offline_parser, evaluate, find_video, load_saved_predictions, model_for
-from eval.qa_open import Judge, JudgeConfig, JudgeConfigError, JudgeError, JudgeResponseError
+from streammind.evaluation.answering import answer
+from streammind.evaluation.clip_sampling import find_video
+from streammind.evaluation.judge import Judge, JudgeConfig, JudgeConfigError, JudgeError, JudgeResponseError
+from streammind.evaluation.offline import OfflineTask, build_offline_parser, evaluate, load_saved_predictions, model_for
+from streammind.evaluation.tasks import RecordError, setup_logging
+from streammind.fileio import read_json, read_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -272,8 +275,7 @@ def load_benchmark(root: str | Path, video_dir: str | Path | None = None, parts:
         if part not in parts:
             continue
         path = root / PARTS[part][0]
-        with open(path, encoding="utf-8") as handle:
-            rows = json.load(handle)
+        rows = read_json(path)
         ids = _unique([f"{part}/{row['video_name']}" for row in rows])
         for key, row in zip(ids, rows):
             example = {"id": key, "part": part, "video": _video(video_dir, str(row["video_name"])), "reference": str(row["A"])}
@@ -286,13 +288,12 @@ def load_benchmark(root: str | Path, video_dir: str | Path | None = None, parts:
 
 
 def load_verdicts(path: str | Path) -> dict[tuple[str, str], dict]:
-    """A judgements.jsonl of an earlier run, by (id, dimension)."""
+    """A judgements.jsonl of an earlier run, by (id, dimension) (a bad line raises RecordError naming ``file:line``)."""
     out = {}
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            if line.strip():
-                record = json.loads(line)
-                out[(str(record["id"]), str(record["dimension"]))] = record
+    for where, record in read_jsonl(path, RecordError):
+        if not isinstance(record, dict) or "id" not in record or "dimension" not in record:
+            raise RecordError(f"{where}: expected a judgement object with an 'id' and a 'dimension'")
+        out[(str(record["id"]), str(record["dimension"]))] = record
     return out
 
 
@@ -458,7 +459,7 @@ class VideoChatGPTTask(OfflineTask):
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Answer (or load saved answers), judge, and write predictions, verdicts, metrics and a table into --out."""
-    parser = build_offline_parser("python -m eval.videochatgpt", __doc__, max_new_tokens=MAX_NEW_TOKENS)
+    parser = build_offline_parser("streammind eval videochatgpt", __doc__, max_new_tokens=MAX_NEW_TOKENS)
     parser.add_argument("--parts", nargs="+", choices=list(PARTS), default=list(PARTS),
                         help="question files to evaluate (default: all three)")
     parser.add_argument("--video-dir", type=Path, default=None, help="default: <data-root>/Test_Videos")

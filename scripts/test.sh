@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test suite (CPU, tiny models, minutes). Installs what it needs into .venv first.
-# Extra arguments go to pytest (e.g. scripts/test.sh tests/test_streaming.py -x).
+# Extra arguments go to pytest (e.g. scripts/test.sh tests/inference/test_streaming.py -x).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup_env.sh video,train,eval,dev

@@ -6,9 +6,11 @@
   vision directory (`openai/clip-vit-large-patch14-336` layout) plus an LLM directory
   (Mistral-7B-Instruct or any causal LM); the EPFE and the gate start fresh, the gate
   optionally from the LLM's first layers. Paths or hub ids; local paths work offline.
+- `default_dtype`, `grow_vocabulary`: the one way to initialise in a dtype and to fit the
+  vocabulary to a tokenizer with added tokens (used here, by training and by conversion).
 - `save_model` / `load_model`: one directory holds config, weights (safetensors) and the
   tokenizer; loading depends only on what is inside it (never on its name or a flag).
-  Saving is atomic (`streammind.atomic`): a crash leaves the old directory or the complete
+  Saving is atomic (`streammind.fileio`): a crash leaves the old directory or the complete
   new one, never half a model.
 - Loading is strict: `config.json` must be a StreamMind config that names its vision and
   text sub-configs (an empty `{}` or another architecture's config is refused, never
@@ -18,25 +20,27 @@
   command line) loads a deliberately partial checkpoint, logging what was initialised
   fresh. Every refusal is a `CheckpointError` naming the file and the problem.
 
-Reference: SPEC §3, §8.
+Reference: docs/design.md §2; docs/checkpoints.md.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from huggingface_hub.errors import StrictDataclassError
-from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPVisionModel, PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPVisionModel, PreTrainedModel, PreTrainedTokenizerBase
 
-from .atomic import atomic_directory
-from .baseline import PerFrameLLM, PerFrameLLMConfig, PerFrameProcessor
 from .configuration import StreamMindConfig
 from .errors import UserError
+from .fileio import atomic_directory
+from .modeling_perframe import PerFrameLLM, PerFrameLLMConfig, PerFrameProcessor
 from .modeling_streammind import StreamMindForCausalLM
 from .processing import StreamMindProcessor, add_video_token
 
@@ -57,6 +61,34 @@ class CheckpointError(UserError, ValueError):
     """A model directory that cannot be loaded (the message names the file and the problem)."""
 
 
+@contextlib.contextmanager
+def default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    """Create floating-point tensors in `dtype` inside the block (e.g. to initialise a 7B model in bf16)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def grow_vocabulary(config: StreamMindConfig, size: int, language_model: PreTrainedModel | None = None, gate: bool = True) -> None:
+    """Make the vocabulary hold `size` ids (a tokenizer with added tokens); never shrinks it.
+
+    Args:
+        config: its `text_config.vocab_size` (and, with `gate`, `gate_config.vocab_size`: the
+            gate embeds prompt ids of the same tokenizer) grow to `size`.
+        size: the tokenizer's length.
+        language_model: a built LLM whose embeddings grow too (new rows: transformers' mean resizing).
+        gate: also grow the gate's vocabulary (False for a gate with its own, e.g. the original release's).
+    """
+    if language_model is not None and language_model.get_input_embeddings().weight.shape[0] < size:
+        language_model.resize_token_embeddings(size)
+    config.text_config.vocab_size = max(config.text_config.vocab_size, size)
+    if gate:
+        config.gate_config.vocab_size = max(config.gate_config.vocab_size, size)
+
+
 def build_model(
     config: StreamMindConfig, tokenizer: PreTrainedTokenizerBase, vision: CLIPVisionModel | None = None
 ) -> tuple[StreamMindForCausalLM, StreamMindProcessor]:
@@ -65,12 +97,8 @@ def build_model(
     `vision`: a pretrained tower to use instead of a fresh one (its config must be
     `config.vision_config`).
     """
-    video_id = add_video_token(tokenizer, config.video_token)
-    config.video_token_id = video_id
-    vocab = len(tokenizer)
-    if config.text_config.vocab_size < vocab:
-        config.text_config.vocab_size = vocab
-        config.gate_config.vocab_size = vocab
+    config.video_token_id = add_video_token(tokenizer, config.video_token)
+    grow_vocabulary(config, len(tokenizer))
     if vision is not None and vision.config.to_dict() != config.vision_config.to_dict():
         raise ValueError("the pretrained vision tower's config differs from config.vision_config")
     model = StreamMindForCausalLM(config, vision=vision)
@@ -121,10 +149,7 @@ def build_from_parts(
     llm = AutoModelForCausalLM.from_pretrained(llm_path, dtype=dtype)
     config = StreamMindConfig(vision_config=clip.config.to_dict(), text_config=llm.config.to_dict(), **config_overrides)
     config.video_token_id = add_video_token(tokenizer, config.video_token)
-    if len(tokenizer) > llm.get_input_embeddings().weight.shape[0]:
-        llm.resize_token_embeddings(len(tokenizer))
-        config.text_config.vocab_size = len(tokenizer)
-        config.gate_config.vocab_size = len(tokenizer)
+    grow_vocabulary(config, len(tokenizer), language_model=llm)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
     model = StreamMindForCausalLM(config, vision=clip, language_model=llm).to(dtype)
@@ -244,7 +269,7 @@ def load_model(
     strict: bool = True,
 ) -> tuple[StreamMindForCausalLM | PerFrameLLM, StreamMindProcessor | PerFrameProcessor]:
     """Load a saved StreamMind directory -> (model, processor); a saved per-frame-LLM baseline
-    (`streammind.baseline`) loads the same way, by its config's model_type.
+    (`streammind.modeling_perframe`) loads the same way, by its config's model_type.
 
     Args:
         directory: written by `save_model` (or by training / conversion).
@@ -287,4 +312,7 @@ def load_model(
     return model.eval(), processor
 
 
-__all__ = ["CheckpointError", "build_from_parts", "build_model", "init_gate_from_llm", "load_model", "read_config", "save_model", "weight_files"]
+__all__ = [
+    "CheckpointError", "build_from_parts", "build_model", "default_dtype", "grow_vocabulary", "init_gate_from_llm", "load_model",
+    "read_config", "save_model", "weight_files",
+]

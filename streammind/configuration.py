@@ -14,11 +14,12 @@ Two presets (`StreamMindConfig.from_preset`):
 - "streammind-7b": the paper's sizes (CLIP ViT-L/14-336, Mistral-7B, 4-layer gate).
 - "tiny": the same code at toy sizes, seconds on a CPU (tests, the synthetic world).
 
-Reference: SPEC §3; Ding et al., "StreamMind", ICCV 2025 (arXiv 2503.06220).
+Reference: docs/design.md §2; Ding et al., "StreamMind", ICCV 2025 (arXiv 2503.06220).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any, Literal
 
@@ -34,6 +35,13 @@ DEFAULT_SYSTEM_PROMPT = (
     "You are StreamMind, an assistant that watches a live video stream and speaks only when "
     "something relevant to the user's request happens."
 )
+
+logger = logging.getLogger(__name__)
+
+# Training settings that older checkpoints saved in config.json. They are read and ignored
+# (with a note): the gate loss is a run setting now (`training.arguments`, saved as
+# run_config.yaml), so a stage-2 run chooses its own loss whatever checkpoint it starts from.
+TRAINING_ONLY_KEYS = ("gate_loss", "gate_class_weights", "gate_focal_gamma")
 
 # Keys the base PreTrainedConfig consumes or that transformers writes into config.json.
 # Anything else that reaches __post_init__ as an unknown keyword is a typo and raises.
@@ -111,14 +119,13 @@ _CHOICES = {
     "frame_pooling": ("mean", "max", "cls"),
     "image_preprocess": ("pad", "crop"),
     "gate_mode": ("query", "per_frame"),
-    "gate_loss": ("ce", "focal"),
     "sampling": ("similarity", "uniform", "all"),
     "perception_temporal": ("mamba", "none"),
 }
 
 # Numeric fields, checked by type before the range checks compare them.
 _NUMBERS = {
-    **dict.fromkeys(("frames_per_second", "gate_threshold", "gate_focal_gamma", "sampling_ratio"), float),
+    **dict.fromkeys(("frames_per_second", "gate_threshold", "sampling_ratio"), float),
     **dict.fromkeys(("vision_feature_layer", "perception_d_state", "perception_d_conv", "perception_expand", "perception_dt_rank",
                      "gate_num_layers", "gate_window", "max_turn_frames", "max_reply_tokens", "max_context_tokens"), int),
 }
@@ -129,7 +136,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         vision_config=_TINY_VISION,
         text_config=_TINY_TEXT,
         # Spatial mean pooling as in the paper; the tower is pretrained on the synthetic world
-        # with this very pooling (streammind.tower_pretrain).
+        # with this very pooling (`streammind.synthetic.tower_pretrain`).
         frame_pooling="mean",
         gate_num_layers=2,
         gate_window=256,
@@ -185,11 +192,9 @@ class StreamMindConfig(PreTrainedConfig):
             sees only the newest perception token).
         gate_num_layers: decoder layers of the gate when `gate_config` is derived.
         gate_threshold: respond when p(respond) > threshold.
-        gate_window: the most frames the gate attends to within one turn; beyond it the gate's
-            cache is rebuilt from the prompt plus the newest half-window (bounded cost).
-        gate_loss: "ce" (class-weighted cross-entropy) or "focal".
-        gate_class_weights: (silent, respond) weights of the gate loss.
-        gate_focal_gamma: focusing parameter of the focal loss.
+        gate_window: the most frames the gate attends to within one turn; after a full window
+            the turn's gate context restarts from the prompt (bounded cost; the EPFE state
+            still carries the history). See `gate.turn_position`.
         sampling: which perception tokens since the last response reach the LLM:
             "similarity" (top ceil(p*n) by cosine similarity to the newest, time order kept),
             "uniform" (ceil(p*n) evenly spaced, newest kept) or "all".
@@ -230,9 +235,6 @@ class StreamMindConfig(PreTrainedConfig):
     gate_num_layers: int = 4
     gate_threshold: float = 0.5
     gate_window: int = 600
-    gate_loss: Literal["ce", "focal"] = "ce"
-    gate_class_weights: list[float] | tuple[float, ...] = (0.15, 0.85)
-    gate_focal_gamma: float = 2.0
 
     sampling: Literal["similarity", "uniform", "all"] = "similarity"
     sampling_ratio: float = 0.5
@@ -246,6 +248,10 @@ class StreamMindConfig(PreTrainedConfig):
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs):
+        legacy = sorted(key for key in TRAINING_ONLY_KEYS if kwargs.pop(key, None) is not None)
+        if legacy:
+            logger.warning("StreamMindConfig: ignoring %s (a training setting since the gate loss left the model config; "
+                           "set it in the stage YAML)", ", ".join(legacy))
         unknown = sorted(set(kwargs) - _HF_EXTRA_KEYS)
         if unknown:
             raise ValueError(f"StreamMindConfig got unknown setting(s) {unknown}; see StreamMindConfig's docstring for the valid ones.")
@@ -254,7 +260,6 @@ class StreamMindConfig(PreTrainedConfig):
             self.gate_config = gate_config_from_text(self.text_config, self.gate_num_layers)
         self.image_mean = [float(x) for x in self.image_mean]
         self.image_std = [float(x) for x in self.image_std]
-        self.gate_class_weights = [float(x) for x in self.gate_class_weights]
         self._check()
 
     def _check(self) -> None:
@@ -280,8 +285,6 @@ class StreamMindConfig(PreTrainedConfig):
             problems.append(f"sampling_ratio must be in (0, 1], got {self.sampling_ratio}")
         if not 0.0 <= self.gate_threshold <= 1.0:
             problems.append(f"gate_threshold must be in [0, 1], got {self.gate_threshold}")
-        if len(self.gate_class_weights) != 2:
-            problems.append(f"gate_class_weights needs (silent, respond), got {self.gate_class_weights}")
         if len(self.image_mean) != 3 or len(self.image_std) != 3:
             problems.append("image_mean and image_std need 3 values (RGB)")
         for name in ("frames_per_second",):
@@ -302,6 +305,11 @@ class StreamMindConfig(PreTrainedConfig):
     @property
     def hidden_size(self) -> int:
         return self.text_config.hidden_size
+
+    @property
+    def gate_context_window(self) -> int:
+        """The most frames in one gate context: `gate_window`, or 1 for the per-frame gate (every frame alone)."""
+        return 1 if self.gate_mode == "per_frame" else self.gate_window
 
     @property
     def dt_rank(self) -> int:
@@ -327,6 +335,8 @@ class StreamMindConfig(PreTrainedConfig):
         fields = {k: (dict(v) if isinstance(v, dict) else v) for k, v in PRESETS[name].items()}
         valid = set(cls.__dataclass_fields__)
         for key, value in overrides.items():
+            if key in TRAINING_ONLY_KEYS:
+                raise ValueError(f"{key} is a training setting, not a StreamMindConfig field: set it in the stage YAML (preset {name!r})")
             if key not in valid:
                 raise ValueError(f"Unknown StreamMindConfig field {key!r} (preset {name!r})")
             if key in ("vision_config", "text_config", "gate_config") and isinstance(value, dict):

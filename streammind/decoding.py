@@ -24,7 +24,7 @@ whereas the fused SDPA kernels parallelise over queries and, masked and with one
 a handful of thread blocks for the whole cache (0.36 ms per layer over 8,192 positions on an
 H200, measured: decoding the 7B LLM ran at 18 ms per token). Several queries per row use
 SDPA (its fused kernels; the key-value heads repeated as transformers does with a mask).
-tests/test_engine.py compares all of it with the model's plain forward.
+tests/inference/test_engine.py compares all of it with the model's plain forward.
 """
 
 from __future__ import annotations
@@ -59,8 +59,8 @@ class StaticKV:
         device, dtype: where and in what precision the entries live (the model's).
 
     Before a call, `bind(rows, positions)` says which slot each of the call's rows uses
-    (`rows` [b] long, or None for slots 0..b-1 in order, which needs no gather) and the
-    positions of its new tokens (`positions` [b, L] long).
+    (`rows` [b] long; or a `slice` of consecutive slots, or None for slots 0..b-1, which need no
+    gather) and the positions of its new tokens (`positions` [b, L] long).
     """
 
     def __init__(self, config, slots: int, length: int, device: torch.device | str, dtype: torch.dtype):
@@ -72,6 +72,7 @@ class StaticKV:
         self.rows: torch.Tensor | None = None
         self.positions: torch.Tensor | None = None
         self.span: int | None = None
+        self._aranges: dict[tuple[int, torch.device], torch.Tensor] = {}
 
     @property
     def slots(self) -> int:
@@ -85,24 +86,33 @@ class StaticKV:
     def nbytes_per_slot(self) -> int:
         return 2 * self.keys[:, 0].numel() * self.keys.element_size()
 
-    def bind(self, rows: torch.Tensor | None, positions: torch.Tensor, span: int | None = None) -> None:
+    def bind(self, rows: torch.Tensor | slice | None, positions: torch.Tensor, span: int | None = None) -> None:
         self.rows, self.positions, self.span = rows, positions, span
 
     def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
         """Write the new entries key / value [b, Hkv, L, hd]; return the rows' buffers [b, Hkv, span, hd]."""
         b, heads, L, _ = key.shape
         keys, values = self.keys[layer_idx, :, :, : self.span], self.values[layer_idx, :, :, : self.span]  # [S, Hkv, span, hd]
-        slot = self.rows if self.rows is not None else torch.arange(b, device=key.device)
+        gather = isinstance(self.rows, torch.Tensor)
+        if not gather:  # a contiguous range of slots: views, nothing gathered or copied
+            keys, values = keys[self.rows or slice(0, b)], values[self.rows or slice(0, b)]  # [b, Hkv, span, hd]
         index = (
-            slot.view(b, 1, 1).expand(b, heads, L),
-            torch.arange(heads, device=key.device).view(1, heads, 1).expand(b, heads, L),
+            (self.rows if gather else self._arange(b, key.device)).view(b, 1, 1).expand(b, heads, L),
+            self._arange(heads, key.device).view(1, heads, 1).expand(b, heads, L),
             self.positions.view(b, 1, L).expand(b, heads, L),
         )
         keys.index_put_(index, key)
         values.index_put_(index, value)
-        if self.rows is None:
-            return keys[:b], values[:b]  # views: no copy
+        if not gather:
+            return keys, values
         return keys.index_select(0, self.rows), values.index_select(0, self.rows)
+
+    def _arange(self, n: int, device: torch.device) -> torch.Tensor:
+        """0..n-1 on `device`, made once (a per-call arange is an extra op on every layer)."""
+        key = (n, device)
+        if key not in self._aranges:
+            self._aranges[key] = torch.arange(n, device=device)
+        return self._aranges[key]
 
     def copy_slot(self, source: int, target: int, upto: int | None = None) -> None:
         """Copy slot `source`'s entries (its first `upto` positions) to slot `target`."""
@@ -161,7 +171,7 @@ def decoder_forward(
     embeds: torch.Tensor,
     positions: torch.Tensor,
     cache: StaticKV,
-    rows: torch.Tensor | None = None,
+    rows: torch.Tensor | slice | None = None,
     span: int | None = None,
 ) -> torch.Tensor:
     """Run a decoder's layers on new tokens of b rows against their slots in `cache`.
@@ -171,7 +181,7 @@ def decoder_forward(
         embeds: [b, L, D] input embeddings of the new tokens.
         positions: [b, L] long, each token's position (= its index in the slot).
         cache: the rows' `StaticKV`; the new entries are written into it.
-        rows: [b] long slot of each row, or None for slots 0..b-1.
+        rows: [b] long slot of each row, a slice of consecutive slots, or None for slots 0..b-1.
         span: attend to (and keep positions within) the first `span` entries of each slot only
             (default: all T); short sequences in a long cache then cost what their length costs.
     Returns:

@@ -34,7 +34,7 @@ across turns and is rebuilt from the newest turns when it would overflow T (the 
 scanned over it, the gate over its tokens up to the first reply, and the rest of the chunk
 after the reply's reset again, which gives the frame-by-frame results.
 
-The engine computes what the model's plain forward computes; tests/test_engine.py checks
+The engine computes what the model's plain forward computes; tests/inference/test_engine.py checks
 the gate probabilities, perception tokens and replies against it (and multi-stream batches,
 chunks and device-side preprocessing against single frames).
 """
@@ -51,8 +51,9 @@ import torch
 from transformers import DynamicCache
 
 from .decoding import StaticKV, decoder_forward, supports_static_decoding
+from .gate import turn_position
 from .perception import PerceptionState
-from .sampling import select_tokens
+from .sampling import memory_frames, select_tokens
 
 # Prefill lengths are padded up to a multiple of this on CUDA, so that a long stream meets a
 # handful of shapes instead of one per turn length.
@@ -161,7 +162,7 @@ class Engine:
         self.per_frame_gate = config.gate_mode == "per_frame"
         self.vision = torch.compile(model.vision, dynamic=True) if compile_vision else model.vision
         self._staging: torch.Tensor | None = None  # pinned host memory the frames travel from
-        self.window = config.gate_window
+        self.window = config.gate_context_window  # 1 for the per-frame gate
 
         S = max_streams + 1  # + the scratch slot
         self.scratch = max_streams
@@ -171,6 +172,7 @@ class Engine:
             self.memory_count = torch.zeros(S, dtype=torch.long, device=self.device)
             self.prompt_length = torch.zeros(S, dtype=torch.long, device=self.device)
             self.turn_frames = torch.zeros(S, dtype=torch.long, device=self.device)
+            self._slot_index = torch.arange(S, device=self.device)
             # Rounded up to a multiple of 64: attention kernels want aligned mask rows.
             gate_length = -(-(max_prompt_tokens + self.window) // 64) * 64
             self.gate_kv = StaticKV(config.gate_config, S, gate_length, self.device, self.dtype)
@@ -236,7 +238,7 @@ class Engine:
         """The stream's perception tokens since its last reply, oldest first: [n, D]."""
         K = self.memory.shape[1]
         count = int(self.memory_count[slot])
-        n = min(count, K)
+        n = memory_frames(count, K)
         order = torch.arange(count - n, count, device=self.device) % K
         return self.memory[slot, order]
 
@@ -267,35 +269,43 @@ class Engine:
         if ids:
             embeds = self.model.gate.embed(torch.tensor([ids], device=self.device))  # [1, p, D]
             positions = torch.arange(len(ids), device=self.device)[None]
-            decoder_forward(self.model.gate.decoder, embeds, positions, self.gate_kv, self._rows([slot]))
+            decoder_forward(self.model.gate.decoder, embeds, positions, self.gate_kv, slice(slot, slot + 1))
 
     def _rows(self, slots: Sequence[int]) -> torch.Tensor:
         return torch.tensor(list(slots), dtype=torch.long, device=self.device)
 
     # ---- the per-frame path ---------------------------------------------------------------
 
-    def _always_on(self, rows: torch.Tensor, pixels: torch.Tensor | None = None, features: torch.Tensor | None = None) -> torch.Tensor:
+    def _always_on(self, rows: torch.Tensor | slice, pixels: torch.Tensor | None = None, features: torch.Tensor | None = None) -> torch.Tensor:
         """One frame for each row's stream: pixels [b, 3, S, S] or features [b, Dv] -> p(respond) [b].
 
-        Advances each row's EPFE state, turn memory and gate cache in place. Fixed shapes and
-        no host synchronisation: this is the function the CUDA graphs capture.
+        `rows`: the rows' slots, [b] long (gathered and scattered: any slots, fixed shapes, the
+        form the CUDA graphs capture), or a slice of consecutive slots (views updated in place:
+        fewer operations, for eager calls). Advances each row's EPFE state, turn memory and gate
+        cache in place, with no host synchronisation.
         """
         model = self.model
         if features is None:
             features = self.vision(pixels)  # [b, Dv]
-        state = PerceptionState(self.perception_state.conv_state.index_select(0, rows), self.perception_state.ssm_state.index_select(0, rows))
+        ps = self.perception_state
+        gather = isinstance(rows, torch.Tensor)
+        if gather:
+            state = PerceptionState(ps.conv_state.index_select(0, rows), ps.ssm_state.index_select(0, rows))
+        else:
+            state = PerceptionState(ps.conv_state[rows], ps.ssm_state[rows])  # views: stepped in place
         token, _ = model.perception.step(features.to(self.dtype), state)  # [b, D]
-        self.perception_state.conv_state.index_copy_(0, rows, state.conv_state)
-        self.perception_state.ssm_state.index_copy_(0, rows, state.ssm_state)
-        count = self.memory_count.index_select(0, rows)
-        self.memory.index_put_((rows, count % self.memory.shape[1]), token)
-        self.memory_count.index_copy_(0, rows, count + 1)
-        frames = self.turn_frames.index_select(0, rows)
+        if gather:
+            ps.conv_state.index_copy_(0, rows, state.conv_state)
+            ps.ssm_state.index_copy_(0, rows, state.ssm_state)
+        slots = rows if gather else self._slot_index[rows]  # [b] long
+        count = self.memory_count.index_select(0, slots)
+        self.memory.index_put_((slots, count % self.memory.shape[1]), token)
+        self.memory_count.index_copy_(0, slots, count + 1)
         # A turn context restarts after a full window (every frame in the per-frame variant).
-        frames = torch.zeros_like(frames) if self.per_frame_gate else torch.where(frames >= self.window, 0, frames)
-        positions = (self.prompt_length.index_select(0, rows) + frames)[:, None]  # [b, 1]
+        frames = turn_position(self.turn_frames.index_select(0, slots), self.window)
+        positions = (self.prompt_length.index_select(0, slots) + frames)[:, None]  # [b, 1]
         h = decoder_forward(model.gate.decoder, token[:, None], positions, self.gate_kv, rows)  # [b, 1, D]
-        self.turn_frames.index_copy_(0, rows, frames + 1)
+        self.turn_frames.index_copy_(0, slots, frames + 1)
         return torch.softmax(model.gate.head(h[:, -1]).float(), dim=-1)[:, 1]  # [b]
 
     @torch.inference_mode()
@@ -331,7 +341,9 @@ class Engine:
         if len(set(slots)) != len(slots):
             raise ValueError(f"a stream can take one frame per call; got slots {list(slots)}")
         if not self.cuda_graphs:
-            return self._always_on(self._rows(slots), **{kind: inputs}).cpu().numpy()
+            consecutive = list(slots) == list(range(slots[0], slots[0] + len(slots)))
+            rows = slice(slots[0], slots[0] + len(slots)) if consecutive else self._rows(slots)
+            return self._always_on(rows, **{kind: inputs}).cpu().numpy()
         out = []
         top = self.batch_sizes[-1]
         for start in range(0, len(slots), top):
@@ -389,7 +401,7 @@ class Engine:
             return torch.softmax(logits.float(), dim=-1)[:, 1]
         start = int(self.prompt_length[slot] + self.turn_frames[slot])
         positions = torch.arange(start, start + k, device=self.device)[None]  # [1, k]
-        h = decoder_forward(self.model.gate.decoder, tokens[None], positions, self.gate_kv, self._rows([slot]))  # [1, k, D]
+        h = decoder_forward(self.model.gate.decoder, tokens[None], positions, self.gate_kv, slice(slot, slot + 1))  # [1, k, D]
         self.turn_frames[slot] += k
         return torch.softmax(self.model.gate.head(h[0]).float(), dim=-1)[:, 1]
 
@@ -435,8 +447,7 @@ class Engine:
         replies = []
         i = 0
         while i < k:
-            if not self.per_frame_gate and int(self.turn_frames[slot]) >= self.window:
-                self.turn_frames[slot] = 0
+            self.turn_frames[slot] = turn_position(self.turn_frames[slot], self.window)
             room = k - i if self.per_frame_gate else min(k - i, self.window - int(self.turn_frames[slot]))
             p = self._gate_chunk(slot, tokens[i : i + room]).cpu().numpy()
             fired = np.flatnonzero(p > threshold)

@@ -11,9 +11,9 @@ exit status 130:
 traceback above that line. Any other exception is a bug and keeps its traceback.
 
 Library code raises `UserError` (exit 2) or `RunFailure` (exit 1), or an error class that
-derives from them (`AnnotationError`, `ConversionError`, `VideoDecodeError`, ...), with a
+derives from them (`AnnotationError`, `ConversionError`, `VideoDecodeError`, `BadSample`, ...), with a
 message that starts with the file it is about. `run_command` turns them into the line
-above; `streammind.cli.main` uses it for every verb and each module's `python -m` entry
+above; `streammind.apps.cli.main` uses it for every verb and each module's `python -m` entry
 point uses it too, so a verb's `main(argv)` itself just raises.
 """
 
@@ -49,6 +49,17 @@ class UsageError(UserError):
     """A command line that does not parse (argparse's errors, as one line)."""
 
 
+class BadSample(UserError):
+    """One sample (a training record) or example (an evaluation item) that cannot be used: a
+    missing or undecodable video, an annotation past its end, ... `reason` is the category it
+    is counted under. Training raises it or skips and counts it (`on_bad_sample`); the
+    evaluation runner counts it as a failed example and goes on."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """`argparse.ArgumentParser` whose usage errors raise `UsageError` instead of printing the
     usage block and exiting, so that they come out as one line through `run_command`."""
@@ -82,7 +93,7 @@ def run_command(prog: str, main: Callable[[Sequence[str] | None], Any], argv: Se
     """Run a verb's `main(argv)` under the convention above; returns the exit status.
 
     Args:
-        prog: the command as the user typed it ("streammind convert", "python -m eval.score").
+        prog: the command as the user typed it ("streammind convert", "streammind eval coin").
         main: the verb's entry point; it returns an int exit status or anything else (0).
         argv: its arguments (None: `sys.argv[1:]`, as `main` itself decides).
         debug: print tracebacks (default: STREAMMIND_DEBUG).
@@ -107,4 +118,4 @@ def run_command(prog: str, main: Callable[[Sequence[str] | None], Any], argv: Se
     return result if isinstance(result, int) and not isinstance(result, bool) else 0
 
 
-__all__ = ["ArgumentParser", "DEBUG_ENV", "RunFailure", "UsageError", "UserError", "debug_enabled", "describe", "one_line", "run_command"]
+__all__ = ["ArgumentParser", "BadSample", "DEBUG_ENV", "RunFailure", "UsageError", "UserError", "debug_enabled", "describe", "one_line", "run_command"]

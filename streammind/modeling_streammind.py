@@ -22,8 +22,15 @@ Batch keys (all optional except where a loss needs them):
     turn_ends [B, K] long — end (exclusive) frame index of each turn, -1 padding (stage 1)
     gate_labels [B, T] long — 0 silent / 1 respond / -100 ignore (stage 2)
     gate_prompt_ids [B, L] long, gate_prompt_mask [B, L] — the gate's prompt, right-padded
+    gate_segment_sample [N], gate_segment_frames [N, F] long — the gate's segments
+        (`gate.GateLayout`), laid out by the collator from the labels and the window
 
-Reference: SPEC §3, STYLE §4.3–4.4.
+The bounded-state rules have one definition each, shared with the processor, the collator and
+the inference engine: the turn memory (`sampling.memory_frames`) and the gate's window
+(`gate.turn_position`, through `gate.gate_layout`). The gate loss is a training setting
+(`gate.GateLossConfig`), passed to `forward` by the trainer.
+
+Reference: docs/design.md §2-3; the composition follows transformers' `LlavaModel` (`modeling_llava.py`).
 """
 
 from __future__ import annotations
@@ -36,11 +43,11 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from .atomic import atomic_directory
 from .configuration import StreamMindConfig
-from .gate import CognitionGate, gate_loss, segment_starts
+from .fileio import atomic_directory
+from .gate import CognitionGate, GateLayout, GateLossConfig, gate_layout, gate_loss
 from .perception import MambaMixer, PerceptionEncoder
-from .sampling import select_indices
+from .sampling import memory_frames, select_indices
 from .vision import VisionEncoder
 
 
@@ -105,12 +112,12 @@ class StreamMindForCausalLM(StreamMindPreTrainedModel):
             dt_rank=config.dt_rank,
             temporal=config.perception_temporal,
         )
-        self.gate = CognitionGate(config.gate_config, window=config.gate_window, per_frame=config.gate_mode == "per_frame")
+        self.gate = CognitionGate(config.gate_config)
         self.language_model = language_model if language_model is not None else AutoModelForCausalLM.from_config(config.text_config)
         self.post_init()
 
     def save_pretrained(self, save_directory, *args, **kwargs) -> None:
-        """`PreTrainedModel.save_pretrained`, written atomically (`streammind.atomic`): the files go
+        """`PreTrainedModel.save_pretrained`, written atomically (`streammind.fileio`): the files go
         to a temporary directory first, so a crash never leaves half a model (Trainer
         checkpoints included). Pushing to the hub keeps the plain path (the directory name is
         the repository name there)."""
@@ -140,13 +147,17 @@ class StreamMindForCausalLM(StreamMindPreTrainedModel):
         return self.perception(frame_features.to(dtype))
 
     def select_turn_tokens(self, tokens: torch.Tensor, turn_ends: torch.Tensor) -> list[torch.Tensor]:
-        """For each video, the sampled tokens of every turn, concatenated in order: B x [sum k_i, D]."""
+        """For each video, the sampled tokens of every turn, concatenated in order: B x [sum k_i, D].
+
+        A turn's frames are those since the previous turn's end, of which the turn memory holds
+        the newest (`memory_frames`); sampling then picks among them (`select_indices`).
+        """
         out = []
         for b in range(tokens.shape[0]):
             ends = [int(e) for e in turn_ends[b] if e >= 0]
             chunks, start = [], 0
             for end in ends:
-                turn = tokens[b, max(start, end - self.config.max_turn_frames) : end]
+                turn = tokens[b, end - memory_frames(end - start, self.config.max_turn_frames) : end]
                 chunks.append(turn[select_indices(turn.detach(), self.config.sampling, self.config.sampling_ratio)])
                 start = end
             out.append(torch.cat(chunks) if chunks else tokens.new_zeros(0, tokens.shape[-1]))
@@ -178,9 +189,15 @@ class StreamMindForCausalLM(StreamMindPreTrainedModel):
         gate_labels: torch.Tensor | None = None,
         gate_prompt_ids: torch.Tensor | None = None,
         gate_prompt_mask: torch.Tensor | None = None,
-        compute_gate: bool | None = None,
+        gate_segment_sample: torch.Tensor | None = None,
+        gate_segment_frames: torch.Tensor | None = None,
+        gate_loss_config: GateLossConfig | None = None,
     ) -> StreamMindOutput:
         """Stage-1 language loss (when `labels`) and stage-2 gate loss (when `gate_labels`).
+
+        The gate runs when the batch holds its segment layout (`gate_segment_sample`,
+        `gate_segment_frames`, from `StreamCollator`); its loss follows `gate_loss_config`
+        (default: the paper's class-weighted cross-entropy).
 
         No **kwargs on purpose: the Trainer then averages losses over gradient-accumulation
         steps itself (both losses are per-batch means), and a misspelled batch key fails.
@@ -202,11 +219,15 @@ class StreamMindForCausalLM(StreamMindPreTrainedModel):
             if lm.loss is not None:
                 losses.append(lm.loss)
 
-        if gate_labels is not None or compute_gate:
-            out.gate_logits = self.gate_logits(tokens, frame_mask, gate_labels, gate_prompt_ids, gate_prompt_mask)
+        if gate_labels is not None and gate_segment_frames is None:
+            raise ValueError("gate_labels need the gate's segment layout (gate_segment_sample, gate_segment_frames): "
+                             "batch the examples with StreamCollator")
+        if gate_segment_frames is not None:
+            layout = GateLayout(sample=gate_segment_sample, frames=gate_segment_frames)
+            prompt_ids = None if self.config.gate_mode == "per_frame" else gate_prompt_ids
+            out.gate_logits = self.gate.frame_logits(tokens, layout, prompt_ids, gate_prompt_mask)
             if gate_labels is not None:
-                cfg = self.config
-                out.gate_loss = gate_loss(out.gate_logits, gate_labels, cfg.gate_class_weights, cfg.gate_loss, cfg.gate_focal_gamma)
+                out.gate_loss = gate_loss(out.gate_logits, gate_labels, gate_loss_config or GateLossConfig())
                 losses.append(out.gate_loss)
 
         if losses:
@@ -222,23 +243,15 @@ class StreamMindForCausalLM(StreamMindPreTrainedModel):
         gate_prompt_mask: torch.Tensor | None = None,
         respond: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Per-frame gate logits [B, T, 2]; the turn resets after frames labelled respond
-        (teacher forcing) or after the frames in `respond` [B, T] bool when given."""
+        """Per-frame gate logits [B, T, 2] outside training (evaluation, tests, benchmarks); the
+        turn resets after frames labelled respond (teacher forcing) or after the frames in
+        `respond` [B, T] bool when given. The segments are laid out here (`gate_layout`)."""
         B, T, _ = tokens.shape
         if respond is None:
-            respond = gate_labels == 1 if gate_labels is not None else torch.zeros(B, T, dtype=torch.bool, device=tokens.device)
-        per_frame = self.config.gate_mode == "per_frame"
-        starts = torch.stack([
-            segment_starts(frame_mask[b].cpu(), respond[b].cpu(), self.config.gate_window, per_frame) for b in range(B)
-        ])
-        prompts = []
-        for b in range(B):
-            if per_frame or gate_prompt_ids is None:
-                prompts.append(torch.zeros(0, dtype=torch.long))
-            else:
-                ids = gate_prompt_ids[b]
-                prompts.append(ids[gate_prompt_mask[b].bool()] if gate_prompt_mask is not None else ids)
-        return self.gate.frame_logits(tokens, frame_mask, starts.to(tokens.device), prompts)
+            respond = gate_labels == 1 if gate_labels is not None else torch.zeros(B, T, dtype=torch.bool)
+        layout = gate_layout(frame_mask, respond, self.config.gate_context_window).to(tokens.device)
+        prompt_ids = None if self.config.gate_mode == "per_frame" else gate_prompt_ids
+        return self.gate.frame_logits(tokens, layout, prompt_ids, gate_prompt_mask)
 
 
 __all__ = ["StreamMindForCausalLM", "StreamMindPreTrainedModel", "StreamMindOutput"]

@@ -39,7 +39,7 @@ Notable choices:
 References:
     Ding et al., "StreamMind" (ICCV 2025), Fig. 1 and the EPFE description; the layer layout
     (PreNet Linear + LeakyReLU, one Mamba block with final LayerNorm, PostNet LeakyReLU + Linear)
-    is read from the released code, see reference/original-code.md §2.3.
+    is read from the released code, see docs/design.md §7.2.
     Gu & Dao, "Mamba" (2023), §3 and the `mamba_ssm` package (`modules/mamba_simple.py`: layer
     layout, parameter names, initialisation, the step recurrence).
 """

@@ -20,7 +20,7 @@ runtime appends exactly the ids that training saw. Only reply tokens and their E
 supervised; everything else is labelled -100. Unlike the original renderer, no instruction
 text is injected behind the user's back.
 
-Reference: SPEC §3 (Prompt), reference/original-code.md §1.5.
+Reference: docs/design.md §2 and §7.4 (the original renderer's injected instruction).
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ import torch
 from tokenizers import AddedToken
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from .atomic import atomic_directory
 from .configuration import StreamMindConfig
-from .sampling import num_selected
+from .fileio import atomic_directory
+from .sampling import memory_frames, num_selected
 from .vision import FrameProcessor
 
 IGNORE_INDEX = -100
@@ -119,7 +119,7 @@ class StreamMindProcessor:
 
     def placeholders_for(self, num_frames: int) -> int:
         """How many perception tokens of an n-frame turn reach the LLM (memory bound, then sampling)."""
-        n = min(num_frames, self.config.max_turn_frames)
+        n = memory_frames(num_frames, self.config.max_turn_frames)
         return num_selected(n, self.config.sampling, self.config.sampling_ratio)
 
     # ---- text -----------------------------------------------------------------------------

@@ -1,6 +1,11 @@
 """Which perception tokens since the last response reach the LLM when the gate fires.
 
-Notation: n tokens in the current turn, D width, k = ceil(p * n) kept (always >= 1).
+Notation: n tokens in the current turn, K the turn memory (`max_turn_frames`), D width,
+k = ceil(p * n) kept (always >= 1).
+
+The turn memory holds the newest K tokens of a turn (`memory_frames`: the one definition of
+that bound, used by the processor's placeholder count, the model's parallel forward and the
+inference engine's ring buffer); a strategy then picks k of them:
 
 - "similarity" (the paper's Similarity Sampling): keep the k tokens with the highest cosine
   similarity to the newest token, returned in time order. The newest token has similarity
@@ -12,7 +17,7 @@ The released code named its linear subsampling `exponential_sampling` and used
 `max(1, int(p * n))`; we use ceil so that a turn of n tokens never keeps fewer than p * n.
 The count depends only on n, so the processor can lay out the right number of
 placeholders before the model has computed any token (`num_selected`).
-Reference: SPEC §3, reference/paper.md §2.6.
+Reference: the paper's Similarity Sampling (Ding et al., ICCV 2025, the framework figure); docs/design.md §2 and §7.4.
 """
 
 from __future__ import annotations
@@ -21,6 +26,11 @@ import math
 
 import torch
 import torch.nn.functional as F
+
+
+def memory_frames(n: int, max_turn_frames: int) -> int:
+    """How many of a turn's n frames the turn memory holds: the newest `max_turn_frames` (oldest dropped first)."""
+    return min(n, max_turn_frames)
 
 
 def num_selected(n: int, strategy: str, ratio: float) -> int:
@@ -61,4 +71,4 @@ def select_tokens(tokens: torch.Tensor, strategy: str, ratio: float) -> torch.Te
     return tokens[select_indices(tokens, strategy, ratio)]
 
 
-__all__ = ["num_selected", "select_indices", "select_tokens"]
+__all__ = ["memory_frames", "num_selected", "select_indices", "select_tokens"]

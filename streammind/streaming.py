@@ -34,7 +34,7 @@ still waiting for the next turn.
 
 A session owns its stream's state; `reset()` clears it between videos (the released code
 never did). The streaming path computes the same perception tokens and gate probabilities as
-the parallel `forward` over the same clip (tests/test_streaming.py, tests/test_engine.py).
+the parallel `forward` over the same clip (tests/inference/test_streaming.py, tests/inference/test_engine.py).
 """
 
 from __future__ import annotations

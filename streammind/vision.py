@@ -15,7 +15,7 @@ size, P patches per frame (P = (S / patch)^2), Dv the tower width.
 
 The original code (`clip_encoder.py`) selected `hidden_states[-2]` after running all 24
 layers, and padded frames in training but centre-cropped them at inference; both are fixed
-here. Reference: SPEC §3, reference/original-code.md §1.2.
+here. Reference: docs/design.md §2 and §7.2.
 """
 
 from __future__ import annotations
@@ -84,8 +84,10 @@ class FrameProcessor:
             raise ValueError(f"expected uint8 frames (0..255), got {x.dtype}")
         if device is not None:
             x = x.to(device, non_blocking=True)
-        x = x.permute(0, 3, 1, 2).float()  # [N, H, W, 3] -> [N, 3, H, W], 0..255
-        x = self._pad_to_square(x) if self.mode == "pad" else self._resize_short_side(x)
+        x = x.permute(0, 3, 1, 2)  # [N, H, W, 3] -> [N, 3, H, W], uint8
+        # Padding happens on the uint8 frame (the fill colour is whole numbers, so the values are
+        # the same), and only the square canvas becomes float: a quarter of the bytes to move.
+        x = self._pad_to_square(x).float() if self.mode == "pad" else self._resize_short_side(x.float())  # 0..255
         if self.mode == "crop":
             x = self._center_crop(x)
         elif x.shape[-1] != self.image_size:
@@ -101,7 +103,7 @@ class FrameProcessor:
         side = max(h, w)
         if h == w:
             return x
-        fill = (self._mean_std(x.device)[0] * 255.0).round()  # the original's expand2square fills with int(mean * 255)
+        fill = (self._mean_std(x.device)[0] * 255.0).round().to(x.dtype)  # the original's expand2square fills with int(mean * 255)
         out = fill.expand(n, 3, side, side).clone()
         top, left = (side - h) // 2, (side - w) // 2
         out[:, :, top : top + h, left : left + w] = x

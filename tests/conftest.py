@@ -1,22 +1,19 @@
-"""Shared fixtures: a tiny tokenizer and a tiny StreamMind model (CPU, seconds).
+"""Shared fixtures: a tiny tokenizer, a tiny StreamMind model, a small synthetic world and a
+pretrained tiny tower (CPU, seconds). Helpers that are not fixtures live in tests/helpers.py.
 
 Run: .venv/bin/python -m pytest tests -q
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-import torch
 
-REPO = Path(__file__).resolve().parents[1]
-MEDIA = REPO.parent / "shared" / "media"
+from tests.helpers import make_tiny
 
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer_dir(tmp_path_factory):
-    from streammind.world import build_tokenizer
+    from streammind.synthetic.world import build_tokenizer
 
     out = tmp_path_factory.mktemp("tokenizer")
     build_tokenizer(out)
@@ -30,15 +27,6 @@ def tiny_tokenizer(tiny_tokenizer_dir):
     return AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
 
 
-def make_tiny(tokenizer, seed: int = 0, **overrides):
-    from streammind import StreamMindConfig, build_model
-
-    torch.manual_seed(seed)
-    config = StreamMindConfig.from_preset("tiny", **overrides)
-    model, processor = build_model(config, tokenizer)
-    return model.eval(), processor
-
-
 @pytest.fixture
 def tiny(tiny_tokenizer):
     return make_tiny(tiny_tokenizer)
@@ -47,7 +35,7 @@ def tiny(tiny_tokenizer):
 @pytest.fixture(scope="session")
 def small_world(tmp_path_factory):
     """A few videos of the synthetic world (seconds to generate)."""
-    from streammind.world import WorldConfig, build_tokenizer, generate_world
+    from streammind.synthetic.world import WorldConfig, build_tokenizer, generate_world
 
     out = tmp_path_factory.mktemp("world")
     generate_world(out, WorldConfig(seed=1, num_train=6, num_val=1, num_test=3))
@@ -58,7 +46,7 @@ def small_world(tmp_path_factory):
 @pytest.fixture(scope="session")
 def small_tower(small_world, tmp_path_factory):
     """The tiny preset's tower after a few steps of pretraining on `small_world` (a CLIPVisionModel dir)."""
-    from streammind.tower_pretrain import pretrain_tower
+    from streammind.synthetic.tower_pretrain import pretrain_tower
 
     out = tmp_path_factory.mktemp("tower")
     pretrain_tower(small_world, out, steps=5, batch_size=16, progress=False)

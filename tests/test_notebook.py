@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from streammind import save_model
-from tests.conftest import MEDIA, REPO, make_tiny
+from tests.helpers import CLIP, REPO, make_tiny
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
@@ -21,9 +21,7 @@ NOTEBOOK = REPO / "notebooks" / "stream_demo.ipynb"
 
 
 def test_stream_demo_notebook_runs(tmp_path, tiny_tokenizer, monkeypatch):
-    clip = MEDIA / "sample_demo_3.mp4"
-    if not clip.is_file():
-        pytest.skip(f"sample clip {clip} not found")
+    clip = CLIP
     model, processor = make_tiny(tiny_tokenizer, max_reply_tokens=4)  # random weights: keep replies short
     save_model(model, processor, tmp_path / "model")
     monkeypatch.setenv("STREAMMIND_MODEL", str(tmp_path / "model"))

@@ -4,7 +4,7 @@ with default sizes or loaded with freshly initialised tensors; saving never leav
 Run: .venv/bin/python -m pytest tests/adversarial/test_checkpoints.py -q
 
 Each case copies a saved tiny model, breaks one thing, runs `streammind stream` in-process
-(`streammind.cli.main`, which returns the exit status) and checks the message, the status
+(`streammind.apps.cli.main`, which returns the exit status) and checks the message, the status
 and that the directory was not touched. One case runs the real `python -m` entry point in a
 subprocess for `--debug` / STREAMMIND_DEBUG.
 """
@@ -24,10 +24,9 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from streammind import load_model, save_model
+from streammind.apps.cli import main
 from streammind.builder import CheckpointError
-from streammind.cli import main
-from tests.adversarial.conftest import one_error_line, tree_checksums
-from tests.conftest import REPO
+from tests.helpers import REPO, one_error_line, tree_checksums
 
 PROG = "streammind stream"
 
@@ -132,7 +131,7 @@ def test_debug_shows_the_traceback_through_the_real_entry_point(tmp_path, images
     assert main(argv) == 2
     plain = one_error_line(capsys.readouterr().err, PROG)
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    debug = subprocess.run([sys.executable, "-m", "streammind.cli", "--debug", *argv], env=env, capture_output=True, text=True, timeout=120)
+    debug = subprocess.run([sys.executable, "-m", "streammind", "--debug", *argv], env=env, capture_output=True, text=True, timeout=120)
     assert debug.returncode == 2 and "Traceback (most recent call last)" in debug.stderr and "CheckpointError" in debug.stderr
     assert debug.stderr.strip().splitlines()[-1] == plain
 

@@ -3,8 +3,8 @@ garbage source files, crashes part way; the annotation converters' outputs.
 
 Run: .venv/bin/python -m pytest tests/adversarial/test_convert_outputs.py -q
 
-`streammind convert` runs in-process through `streammind.cli.main` (exit status returned);
-the annotation converters through `run_command`, as their `python -m` entry does. Every case
+`streammind convert` runs in-process through `streammind.apps.cli.main` (exit status returned);
+the annotation converters through `run_command`, as their entry point does. Every case
 checks the one-line message, the status, and the checksums of the source (and of any
 earlier destination) before and after.
 """
@@ -19,11 +19,11 @@ import pytest
 from transformers import AutoTokenizer
 
 from streammind import load_model
-from streammind.cli import main
-from streammind.datasets import converters
+from streammind.apps.cli import main
 from streammind.errors import run_command
-from tests.adversarial.conftest import one_error_line, tree_checksums
-from tests.test_convert import GATE_HEADS, make_original
+from streammind.training import annotation_converters as converters
+from tests.helpers import one_error_line, tree_checksums
+from tests.source_checkpoints import GATE_HEADS, make_original
 
 PROG = "streammind convert"
 
@@ -71,7 +71,7 @@ def test_non_empty_destination_needs_overwrite_and_is_then_replaced_whole(source
 
 
 def test_a_crash_while_writing_leaves_the_destination_as_it_was(source, model_dir, tmp_path, monkeypatch, capsys):
-    import streammind.convert as convert
+    import streammind.apps.convert as convert
 
     dst = tmp_path / "dst"
     shutil.copytree(model_dir, dst)
@@ -136,7 +136,7 @@ def test_garbage_sources_are_one_line(kind, source, tmp_path, capsys):
 
 # ---------------------------------------------------------------------- annotation converters
 
-CONVERTERS = "python -m streammind.datasets.converters"
+CONVERTERS = "streammind convert-annotations"
 
 
 def _ego4d(path, streams):

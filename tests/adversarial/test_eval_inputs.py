@@ -3,7 +3,7 @@ not be clobbered, and a judge endpoint that redirects elsewhere.
 
 Run: .venv/bin/python -m pytest tests/adversarial/test_eval_inputs.py -q
 
-`python -m eval.score` runs in-process through `run_command` (what its `python -m` entry
+`streammind score` runs in-process through `run_command` (what its entry
 does). The judge servers listen on 127.0.0.1 and 127.0.0.2 (two hosts of the loopback net).
 """
 
@@ -15,12 +15,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from eval import score
-from eval.qa_open import Judge, JudgeConfig, JudgeConfigError
 from streammind.errors import run_command
-from tests.adversarial.conftest import one_error_line, tree_checksums
+from streammind.evaluation import score
+from streammind.evaluation.judge import JudgeConfig, JudgeConfigError
+from streammind_eval.qa_open import QAJudge
+from tests.helpers import one_error_line, tree_checksums
 
-PROG = "python -m eval.score"
+PROG = "streammind score"
 REFERENCE = {"id": "v1", "video": "v1.mp4", "query": "Narrate.", "turns": [{"time": 1.0, "text": "You pick up a cup."}]}
 PREDICTION = {"id": "v1", "video": "v1.mp4", "replies": [{"time": 1.2, "text": "You pick up a cup.", "prob": 0.9}]}
 KEY = "sk-adversarial-0123456789"
@@ -69,11 +70,11 @@ def test_out_naming_a_directory_is_refused_before_scoring(tmp_path, capsys):
 @pytest.mark.parametrize("flags, expected", [(["--threshold", "nan"], "argument --threshold: must be a finite number in [0, 1], got nan"),
                                              (["--limit", "-1"], "--limit must be >= 0, got -1")])
 def test_evaluator_flags_out_of_range(flags, expected, model_dir, small_world, tmp_path, capsys):
-    from eval import synthetic
+    from streammind_eval import synthetic
 
     argv = ["--model", str(model_dir), "--data-root", str(small_world), "--out", str(tmp_path / "out"), *flags]
-    assert run_command("python -m eval.synthetic", synthetic.main, argv) == 2
-    assert expected in one_error_line(capsys.readouterr().err, "python -m eval.synthetic", alone=False)
+    assert run_command("streammind eval synthetic", synthetic.main, argv) == 2
+    assert expected in one_error_line(capsys.readouterr().err, "streammind eval synthetic", alone=False)
     assert not (tmp_path / "out").exists()
 
 
@@ -132,7 +133,7 @@ def endpoints(monkeypatch):
 
 
 def _judge(url):
-    return Judge(JudgeConfig(base_url=f"{url}/v1", model="judge", api_key=KEY, backoff_s=0.0, max_attempts=2, timeout_s=5.0))
+    return QAJudge(JudgeConfig(base_url=f"{url}/v1", model="judge", api_key=KEY, backoff_s=0.0, max_attempts=2, timeout_s=5.0))
 
 
 @pytest.mark.parametrize("status", [302, 307, 308])

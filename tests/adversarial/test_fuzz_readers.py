@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from eval.offline import load_saved_predictions
-from eval.qa_open import load_judgements
-from eval.score import load_predictions, load_references
-from streammind.datasets.annotations import load_annotations, load_llava_json, load_offline_samples, read_json, save_offline_samples
-from streammind.datasets.converters import convert_ego4d, convert_soccernet
 from streammind.errors import UserError
+from streammind.evaluation.offline import load_saved_predictions
+from streammind.evaluation.score import load_predictions, load_references
+from streammind.training.annotation_converters import convert_ego4d, convert_soccernet
+from streammind.training.annotations import load_annotations, load_llava_json, load_offline_samples, read_json, save_offline_samples
+from streammind_eval.qa_open import load_judgements
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 CASES = 150

@@ -3,7 +3,7 @@ written, network sources that never answer or stall, Ctrl-C while waiting on the
 
 Run: .venv/bin/python -m pytest tests/adversarial/test_stream_inputs.py -q
 
-`streammind stream` runs in-process through `streammind.cli.main`; the Ctrl-C case runs the
+`streammind stream` runs in-process through `streammind.apps.cli.main`; the Ctrl-C case runs the
 real command in a subprocess and sends it SIGINT. The network servers are on 127.0.0.1: one
 accepts connections and never sends a byte, one sends the first half of an MPEG-TS clip and
 then stalls. Every case finishes in seconds.
@@ -28,11 +28,10 @@ import pytest
 from PIL import Image
 
 from streammind import StreamingSession
-from streammind.cli import main
-from streammind.runtime import StreamRunner
+from streammind.apps.cli import main
+from streammind.apps.runtime import StreamRunner
 from streammind.streaming import SessionInputError
-from tests.adversarial.conftest import one_error_line
-from tests.conftest import REPO
+from tests.helpers import REPO, one_error_line
 
 PROG = "streammind stream"
 LONG_QUERY = " ".join(["tell me when the red circle moves"] * 400)
@@ -89,7 +88,7 @@ def test_session_checks_its_inputs(tiny):
 
 
 def test_a_query_over_the_budget_mid_stream_is_refused_and_the_stream_goes_on(tiny, images):
-    from streammind.runtime import open_source
+    from streammind.media.sources import open_source
 
     model, processor = tiny
     session = StreamingSession(model, processor, query="Tell me when a shape appears.", threshold=1.0)
@@ -195,7 +194,7 @@ def test_a_stream_that_stalls_ends_with_the_read_timeout(model_dir, tmp_path, ca
 def test_ctrl_c_stops_a_source_that_never_answers(model_dir, silent_server, tmp_path):
     stats = tmp_path / "stats.json"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "streammind.cli", *_stream(model_dir, f"http://127.0.0.1:{silent_server.port}/live.mp4",
+    command = [sys.executable, "-m", "streammind", *_stream(model_dir, f"http://127.0.0.1:{silent_server.port}/live.mp4",
                                                                   "--open-timeout", "60", "--read-timeout", "60", "--stats", stats)]
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

@@ -2,8 +2,8 @@
 
 Run: .venv/bin/python -m pytest tests/adversarial/test_training_inputs.py -q
 
-`streammind train` runs in-process through `streammind.cli.main` (exit status returned).
-Settings must fail before any model is built: `streammind.train.build` is replaced by a
+`streammind train` runs in-process through `streammind.apps.cli.main` (exit status returned).
+Settings must fail before any model is built: `streammind.training.train.build` is replaced by a
 function that fails the test if it is reached.
 """
 
@@ -16,12 +16,12 @@ import shutil
 import pytest
 import yaml
 
-import streammind.train as train
-from streammind.cli import main
-from streammind.datasets.stream import BadSample, StreamDataset
-from tests.adversarial.conftest import one_error_line, tree_checksums
-from tests.conftest import REPO
-from tests.test_train import _stage_args
+import streammind.training.train as train
+from streammind.apps.cli import main
+from streammind.errors import BadSample
+from streammind.training.datasets import StreamDataset
+from tests.helpers import REPO, one_error_line, tree_checksums
+from tests.helpers import stage_args as _stage_args
 
 PROG = "streammind train"
 STAGE1 = REPO / "configs" / "tiny" / "stage1.yaml"
@@ -173,7 +173,7 @@ def test_resume_auto_skips_checkpoints_a_crash_left_incomplete(small_world, smal
     assert problems["checkpoint-1"] is None and "no trainer_state.json" in problems["checkpoint-2"]
     assert "truncated" in problems["checkpoint-3"]
 
-    with caplog.at_level(logging.INFO, logger="streammind.train"):
+    with caplog.at_level(logging.INFO, logger="streammind.training.train"):
         assert main(["train", *_stage_args(small_world, small_tower, out, 1,
                                            ["--max_steps", "3", "--resume_from_checkpoint", "auto", *keep])]) == 0
     messages = [r.getMessage() for r in caplog.records if "resume_from_checkpoint auto" in r.getMessage()]

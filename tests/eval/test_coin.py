@@ -8,9 +8,11 @@ import json
 
 import pytest
 
-from eval.coin import (
+from streammind.evaluation.text_matching import NearestMatcher
+from streammind.media.video import ceil_to_grid
+from streammind_eval.coin import (
+    GRID_FPS,
     COINTask,
-    ceil_to_grid,
     main,
     procedure_lines,
     query_procedure,
@@ -19,8 +21,7 @@ from eval.coin import (
     step_name,
     task_name,
 )
-from eval.offline import NearestMatcher
-from tests.eval.offline_support import data_root, save_tiny_model, world_video
+from tests.helpers import data_root, save_tiny_model, world_video
 
 STEPS = NearestMatcher(["grind coffee beans", "pour water", "stir", "crop and fold paper"])
 
@@ -37,7 +38,7 @@ def test_names_queries_and_grid():
     assert query_procedure(1, "make coffee") == (
         "To make coffee, what is the next action for the video? Format your answer concisely. No extra text output."
     )
-    assert (ceil_to_grid(3.1), ceil_to_grid(3.0), ceil_to_grid(0.01), ceil_to_grid(-0.2)) == (3.5, 3.0, 0.5, 0.0)
+    assert [ceil_to_grid(t, GRID_FPS) for t in (3.1, 3.0, 0.01, -0.2)] == [3.5, 3.0, 0.5, 0.0]
 
 
 def test_score_single_exact_nearest_and_argument_order():

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from eval.ego4d_lta import (
+from streammind_eval.ego4d_lta import (
     NUM_FUTURE,
     Ego4DLTATask,
     Taxonomy,
@@ -19,7 +19,8 @@ from eval.ego4d_lta import (
     parse_actions,
     taxonomy_name,
 )
-from tests.eval.offline_support import FIXTURES, data_root, save_tiny_model, world_video
+from tests.helpers import OFFLINE_FIXTURES as FIXTURES
+from tests.helpers import data_root, save_tiny_model, world_video
 
 
 @pytest.mark.parametrize(

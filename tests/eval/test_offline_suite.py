@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from eval.offline_suite import BENCHMARKS, NotFound, _run_main, main
-from eval.qa_mc import load_egoschema, load_videomme
-from eval.qa_open import OpenQATask
-from streammind.cli import main as cli_main
-from tests.eval.offline_support import FIXTURES, save_tiny_model, world_video
-from tests.eval.test_qa_open import FAKE_KEY, FakeServer
-from tests.eval.test_videochatgpt import SCORES, fake_verdict
+from streammind.apps.cli import main as cli_main
+from streammind_eval.offline_suite import BENCHMARKS, BenchmarkFailed, NotFound, _run_main, main
+from streammind_eval.qa_mc import load_egoschema, load_videomme
+from streammind_eval.qa_open import OpenQATask
+from tests.fake_judge import FAKE_KEY, SCORES, FakeServer, fake_verdict
+from tests.helpers import OFFLINE_FIXTURES as FIXTURES
+from tests.helpers import save_tiny_model, world_video
 
 DETECT = {b.name: b.detect for b in BENCHMARKS}
 
@@ -78,9 +78,9 @@ def test_loaders_fall_back_to_the_release_video_folders(tmp_path):
 
 
 def test_a_benchmark_that_exits_fails_with_its_last_error_line(tmp_path):
-    with pytest.raises(RuntimeError, match=r"^python -m eval.qa_mc: error: argument --dataset: invalid choice: 'nope'"):
-        _run_main("eval.qa_mc", ["--dataset", "nope", "--data-root", str(tmp_path), "--out", str(tmp_path / "out")])
-    _run_main("eval.qa_mc", ["--help"])  # exit status 0 is not a failure
+    with pytest.raises(BenchmarkFailed, match=r"^streammind eval qa_mc: error: argument --dataset: invalid choice: 'nope'"):
+        _run_main("qa_mc", ["--dataset", "nope", "--data-root", str(tmp_path), "--out", str(tmp_path / "out")])
+    _run_main("qa_mc", ["--help"])  # exit status 0 is not a failure
 
 # ---- one run over the fixtures -----------------------------------------------------------
 
@@ -159,7 +159,8 @@ def test_suite_over_the_fixtures(tmp_path, small_world, model_dir, judge_env):
     assert rows["ego4d_lta"]["reason"] == f"not found: {root / 'ego4d' / 'annotations' / 'fho_lta_taxonomy.json'}"
     assert rows["ego4d_lta"]["values"] == {} and rows["ego4d_lta"]["num_examples"] is None
     assert rows["videomme"]["reason"].startswith(f"not found: {root / 'videomme' / 'videomme.json'}; convert the parquet")
-    assert rows["perceptiontest"]["reason"].startswith("JSONDecodeError: ")
+    assert rows["perceptiontest"]["reason"] == ("streammind eval qa_mc: error: "
+                                                f"{root / 'perception_test_mcqa' / 'mc_question_valid.json'}:1: invalid JSON (Expecting value at column 30)")
 
     # The judged benchmarks, by hand: MSVD-QA and ActivityNet-QA each 1 yes (5) + 1 no (1) + 1 missing video (0).
     assert rows["msvd_qa"]["values"] == pytest.approx({"accuracy": 1 / 3, "score": 2.0})
@@ -185,18 +186,18 @@ def test_suite_over_the_fixtures(tmp_path, small_world, model_dir, judge_env):
     assert "| Video-ChatGPT | ok | judge score 0-5 | correctness 3 · detail 3 · context 4 · temporal 1 · consistency 3 · average 2.8 | 7 | 1 |" in table
     assert "| MSVD-QA | ok | judge accuracy, score 0-5 | accuracy 0.3333 · score 2 | 3 | 1 |" in table
     assert f"| Ego4D LTA | skipped (not found: {root / 'ego4d' / 'annotations' / 'fho_lta_taxonomy.json'}) | ED@20, lower is better | — | — | — |" in table
-    assert "| PerceptionTest | failed (JSONDecodeError: " in table
+    assert "| PerceptionTest | failed (streammind eval qa_mc: error: " in table
     assert FAKE_KEY not in table + (out / "summary.json").read_text()
 
 
 def test_suite_without_a_judge_answers_but_does_not_score(tmp_path, small_world, model_dir, monkeypatch):
-    import streammind
+    import streammind.builder
 
     monkeypatch.delenv("STREAMMIND_JUDGE_BASE_URL", raising=False)
     monkeypatch.delenv("STREAMMIND_JUDGE_MODEL", raising=False)
     loads = []
-    load_model = streammind.load_model
-    monkeypatch.setattr(streammind, "load_model", lambda *a, **k: loads.append(a) or load_model(*a, **k))
+    load_model = streammind.builder.load_model
+    monkeypatch.setattr(streammind.builder, "load_model", lambda *a, **k: loads.append(a) or load_model(*a, **k))
     root = suite_root(tmp_path, small_world)
     out = tmp_path / "out"
     assert main(["--data-root", str(root), "--model", str(model_dir), "--out", str(out), "--only", "videochatgpt", "egoschema",
@@ -206,7 +207,7 @@ def test_suite_without_a_judge_answers_but_does_not_score(tmp_path, small_world,
     assert len(loads) == 1  # one model for both benchmarks
     vcgpt = summary["benchmarks"][1]
     assert vcgpt["status"] == "answered, not judged" and vcgpt["values"] == {}
-    assert "python -m eval.videochatgpt --predictions" in vcgpt["reason"]
+    assert "streammind eval videochatgpt --predictions" in vcgpt["reason"]
     assert len((out / "videochatgpt" / "predictions.jsonl").read_text().splitlines()) == 7
     assert "| Video-ChatGPT | answered, not judged (no judge configured: " in (out / "summary.md").read_text()
 

@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from eval.qa_mc import (
+from streammind_eval.qa_mc import (
     format_question,
     is_correct,
     load_egoschema,
@@ -19,7 +19,8 @@ from eval.qa_mc import (
     main,
     parse_choice,
 )
-from tests.eval.offline_support import FIXTURES, data_root, save_tiny_model, world_video
+from tests.helpers import OFFLINE_FIXTURES as FIXTURES
+from tests.helpers import data_root, save_tiny_model, world_video
 
 OPTIONS = ["a red circle", "a blue square", "a green triangle", "nothing"]
 
@@ -93,7 +94,7 @@ def _frame_dir(directory, small_world):
     """3 s of frames at 3 fps from a world video, as MVBench's frame-type task stores them."""
     from PIL import Image
 
-    from eval.offline import load_frames
+    from streammind.evaluation.clip_sampling import load_frames
 
     clip = load_frames(world_video(small_world, 2), fps=3.0, start=0.0, end=3.0)
     directory.mkdir(parents=True)

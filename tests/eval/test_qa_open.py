@@ -7,27 +7,22 @@ Run: .venv/bin/python -m pytest tests/eval/test_qa_open.py -q
 
 import json
 import socket
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from eval.qa_open import (
-    Judge,
-    JudgeConfig,
-    JudgeConfigError,
-    JudgeError,
+from streammind.errors import run_command
+from streammind.evaluation.judge import JudgeConfig, JudgeConfigError, JudgeError, JudgeResponseError
+from streammind_eval.qa_open import (
     Judgement,
-    JudgeResponseError,
+    QAJudge,
     load_activitynet,
     load_msvd,
     main,
     parse_judgement,
 )
-from streammind.errors import run_command
-from tests.eval.offline_support import FIXTURES, data_root, save_tiny_model, world_video
-
-FAKE_KEY = "dummy-key-for-tests"
+from tests.fake_judge import FAKE_KEY, FakeServer
+from tests.helpers import OFFLINE_FIXTURES as FIXTURES
+from tests.helpers import data_root, save_tiny_model, world_video
 
 # ---- parsing ---------------------------------------------------------------------------
 
@@ -60,40 +55,6 @@ def test_parse_judgement_rejects(reply):
 # ---- the fake server -------------------------------------------------------------------
 
 
-class FakeServer:
-    """An OpenAI-compatible /v1/chat/completions on 127.0.0.1; `respond(body, n)` -> (status, content, headers)."""
-
-    def __init__(self, respond):
-        self.respond = respond
-        self.requests = []
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                server.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
-                status, content, headers = server.respond(body, len(server.requests))
-                payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]}) if status == 200 else content
-                self.send_response(status)
-                for key, value in headers.items():
-                    self.send_header(key, value)
-                self.send_header("Content-Type", "application/json")
-                self.end_headers()
-                self.wfile.write(payload.encode())
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 @pytest.fixture
 def serve(monkeypatch):
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
@@ -110,7 +71,7 @@ def serve(monkeypatch):
 
 
 def _judge(url, **overrides):
-    return Judge(JudgeConfig(base_url=url, model="fake-judge", api_key=FAKE_KEY, backoff_s=0.0, **overrides))
+    return QAJudge(JudgeConfig(base_url=url, model="fake-judge", api_key=FAKE_KEY, backoff_s=0.0, **overrides))
 
 
 def test_judge_retries_transient_errors_and_malformed_replies(serve):
@@ -235,9 +196,9 @@ def test_end_to_end_counts_failed_judgements(tmp_path, small_world, model_dir, s
 def test_missing_judge_configuration_fails_before_the_model(monkeypatch, capsys, tmp_path):
     monkeypatch.delenv("STREAMMIND_JUDGE_BASE_URL", raising=False)
     argv = ["--dataset", "msvd", "--model", str(tmp_path / "no-model"), "--data-root", str(tmp_path), "--out", str(tmp_path / "o")]
-    assert run_command("python -m eval.qa_open", main, argv) == 2
+    assert run_command("streammind eval qa_open", main, argv) == 2
     err = capsys.readouterr().err
-    assert err.startswith("python -m eval.qa_open: error: the QA judge is not configured") and "STREAMMIND_JUDGE_BASE_URL" in err
+    assert err.startswith("streammind eval qa_open: error: the QA judge is not configured") and "STREAMMIND_JUDGE_BASE_URL" in err
 
 
 def test_end_to_end_activitynet_without_judge(tmp_path, small_world, model_dir):

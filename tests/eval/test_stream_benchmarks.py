@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from eval import ego4d_narration, soccernet, synthetic
 from streammind import save_model
-from streammind.datasets.annotations import load_annotations
-from tests.conftest import make_tiny
+from streammind.training.annotations import load_annotations
+from streammind_eval import ego4d_narration, soccernet, synthetic
+from tests.helpers import make_tiny
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 EGO4D_VIDEO = "3c0dffd0-e38e-4643-bc48-d513943dc20b"

@@ -10,10 +10,11 @@ import shutil
 
 import pytest
 
-from eval.qa_open import JudgeResponseError
-from eval.videochatgpt import judge_messages, load_benchmark, load_verdicts, main, parse_score, summarise
-from tests.eval.offline_support import FIXTURES, data_root, save_tiny_model, world_video
-from tests.eval.test_qa_open import FAKE_KEY, FakeServer
+from streammind.evaluation.judge import JudgeResponseError
+from streammind_eval.videochatgpt import judge_messages, load_benchmark, load_verdicts, main, parse_score, summarise
+from tests.fake_judge import EXPECTED, FAKE_KEY, SCORES, FakeServer, fake_verdict
+from tests.helpers import OFFLINE_FIXTURES as FIXTURES
+from tests.helpers import data_root, save_tiny_model, world_video
 
 # ---- parsing ---------------------------------------------------------------------------
 
@@ -99,41 +100,6 @@ def test_loader_reads_the_three_files(tmp_path):
 # ---- end to end ------------------------------------------------------------------------
 
 # The fake judge's scores, by the score asked for (read from the system prompt) and the correct answer.
-SCORES = {
-    ("correctness", "A red circle appears, then a blue square."): "4",
-    ("detail orientation", "A red circle appears, then a blue square."): "{'score': 3}",
-    ("contextual understanding", "A red circle appears, then a blue square."): "5",
-    ("correctness", "A green triangle moves to the left."): "2",
-    ("detail orientation", "A green triangle moves to the left."): "Score: 1",
-    ("contextual understanding", "A green triangle moves to the left."): "3",
-    ("correctness", "Red."): "I cannot tell from this.",  # never usable: unparsed
-    ("detail orientation", "Red."): "5",
-    ("contextual understanding", "Red."): "4",
-    ("temporal understanding", "A blue square."): "2",
-    ("temporal understanding", "A yellow star appears."): "5",  # never asked: v_gamma has no video
-    ("consistency", "To the left."): "5",
-    ("consistency", "Two."): "1",
-}
-# Expected, with the failed video and the unparsed verdict counted as 0:
-#   correctness   (4 + 2 + 0) / 3 = 2.0   judged (4 + 2) / 2 = 3.0
-#   detail        (3 + 1 + 5) / 3 = 3.0   judged 3.0
-#   context       (5 + 3 + 4) / 3 = 4.0   judged 4.0
-#   temporal      (2 + 0) / 2     = 1.0   judged 2 / 1 = 2.0
-#   consistency   (5 + 1) / 2     = 3.0   judged 3.0
-#   average (2 + 3 + 4 + 1 + 3) / 5 = 2.6, judged (3 + 3 + 4 + 2 + 3) / 5 = 3.0
-EXPECTED = {"correctness": 2.0, "detail_orientation": 3.0, "contextual_understanding": 4.0, "temporal_understanding": 1.0,
-            "consistency": 3.0, "average": 2.6, "correctness_judged": 3.0, "detail_orientation_judged": 3.0,
-            "contextual_understanding_judged": 4.0, "temporal_understanding_judged": 2.0, "consistency_judged": 3.0,
-            "average_judged": 3.0}
-
-
-def fake_verdict(body, scores=SCORES):
-    """The reply of the fake judge to one request body."""
-    system, user = body["messages"][0]["content"], body["messages"][-1]["content"]
-    dimension = next(d for d in ("correctness", "detail orientation", "contextual understanding", "temporal understanding", "consistency")
-                     if f"Grade {d}" in system)
-    reference = next(line.split(": ", 1)[1] for line in user.splitlines() if line.startswith("Correct answer"))
-    return 200, scores[(dimension, reference)], {}
 
 
 @pytest.fixture
