@@ -44,6 +44,7 @@ import json
 import logging
 import os
 import random
+import re
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -277,7 +278,58 @@ def evaluate(model_dir: str | Path, world: Path, out: Path, clock: Clock, name: 
         start = time.perf_counter()
         summary = run_stream_protocols(task, model, processor, out, protocol="both", use_meteor=False)
         row = _metrics_row(summary) | {"eval_wall_s": time.perf_counter() - start}
+        row["by_kind"] = turn_breakdown(Path(out) / "free" / "predictions.jsonl", world)
     return row
+
+
+# Each reply template's fields, in the order they appear in the sentence (`streammind.synthetic.world.REPLY_TEMPLATES`).
+_TEMPLATE_FIELDS = {"appear": ("colour", "shape"), "disappear": ("colour", "shape"), "recolour": ("old_colour", "shape", "colour"),
+                    "move": ("colour", "shape", "slot")}
+
+
+def _template_fields(event_type: str, text: str) -> dict | None:
+    """The fields a reply fills in the template of `event_type` (None: the reply is not of that template)."""
+    from ..synthetic.world import REPLY_TEMPLATES
+
+    names = _TEMPLATE_FIELDS[event_type]
+    pattern = re.escape(REPLY_TEMPLATES[event_type])
+    for name in names:
+        pattern = pattern.replace(re.escape("{" + name + "}"), r"(\w+)")
+    match = re.fullmatch(pattern, " ".join(text.split()))
+    return None if match is None else dict(zip(names, match.groups()))
+
+
+def turn_breakdown(prediction_file: Path, world: Path) -> dict:
+    """Free-running results by kind of turn (the event type behind it): how many turns, how many
+    got a reply within 1 s (the nearest unused one), how many of those were exact, and, for the
+    inexact ones, which template field the reply got wrong ("template": a sentence of another
+    kind). This is what says what limits a model on a world."""
+    from ..training.annotations import load_annotations
+
+    predictions = {json.loads(line)["id"]: json.loads(line) for line in prediction_file.read_text().splitlines() if line.strip()}
+    kinds: dict[str, dict] = {}
+    for record in load_annotations(world / "test.jsonl"):
+        events = record.extra["events"]
+        replies, used = predictions[record.id]["replies"], set()
+        for turn in record.turns:
+            event = next(e for e in events if abs(e["time"] - turn.time) < 1e-6 and e["text"] == turn.text)
+            entry = kinds.setdefault(event["type"], {"turns": 0, "timed": 0, "exact": 0, "wrong": {}})
+            entry["turns"] += 1
+            near = [(abs(r["time"] - turn.time), i) for i, r in enumerate(replies) if i not in used and abs(r["time"] - turn.time) <= 1.0 + 1e-6]
+            if not near:
+                continue
+            index = min(near)[1]
+            used.add(index)
+            entry["timed"] += 1
+            text = " ".join(replies[index]["text"].split())
+            if text == turn.text:
+                entry["exact"] += 1
+                continue
+            got = _template_fields(event["type"], text)
+            wrong = ["template"] if got is None else [name for name, value in got.items() if value != str(event[name])]
+            for name in wrong:
+                entry["wrong"][name] = entry["wrong"].get(name, 0) + 1
+    return dict(sorted(kinds.items()))
 
 
 def chance_row(world: Path, seed: int = 0) -> dict:
@@ -585,7 +637,7 @@ def run(argv: list[str] | None = None) -> dict:
     return report
 
 
-__all__ = ["SCALES", "Scale", "chance_row", "derive_checkpoint", "long_memory_breakdown", "main", "reproduce", "run"]
+__all__ = ["SCALES", "Scale", "chance_row", "derive_checkpoint", "long_memory_breakdown", "main", "reproduce", "run", "turn_breakdown"]
 
 
 if __name__ == "__main__":

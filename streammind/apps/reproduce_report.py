@@ -172,6 +172,14 @@ def _claims(report: dict) -> list[str]:
         better = (m1 > m2) if higher else (m1 < m2)
         verdict = "within noise (|difference| <= 2 std)" if abs(m1 - m2) <= noise else ("StreamMind better" if better else "per-frame LLM better")
         out.append(f"{label}: StreamMind {m1:.3f} vs per-frame LLM {m2:.3f} -> {verdict}.")
+    last_loss = {t["name"]: t["curve"][-1][1] for t in report["trainings"] if t["curve"]}
+    per_seed = []
+    for name, training in (("streammind", "streammind_seed{} stage 1"), ("per_frame_llm", "per_frame_llm_seed{}")):
+        cells = [f"{_cell([r['exact']])} (loss {last_loss[training.format(k)]:.3f})" if training.format(k) in last_loss else _cell([r["exact"]])
+                 for k, r in enumerate(rows[name])]
+        per_seed.append(f"{ROW_NAMES[name].split(' (')[0]} " + " / ".join(cells))
+    out.append("Reply exact match by seed, with the last logged loss of the language training (StreamMind's stage 1, the "
+               "per-frame LLM's one stage): " + "; ".join(per_seed) + ".")
     costs = report["costs"]
     for position in sorted({c["position"] for c in costs.get("streammind", [])}):
         a, b = _cost_at(costs, "streammind", position), _cost_at(costs, "per_frame_llm", position)
@@ -189,6 +197,24 @@ def _claims(report: dict) -> list[str]:
         reached = "reached" if (sm_exact or 0) >= 0.95 else "not reached"
         out.append(f"{title}: StreamMind reply exact match {_cell([sm_exact])} (goal 0.95: {reached}), per-frame LLM {_cell([bl_exact])}.")
     return out
+
+
+def _kind_rows(report: dict) -> list[list[str]]:
+    """The rows of the by-kind table: every seed of the main rows, the sampling rows, both harder worlds."""
+    entries = []
+    for name in ("streammind", "per_frame_llm"):
+        for seed, run in enumerate(report["rows"][name]):
+            entries.append((f"{ROW_NAMES[name].split(' (')[0]}, seed {seed}", run))
+    for name in ("sampling_uniform", "sampling_all", "sampling_uniform_inference_only", "sampling_all_inference_only", "no_mamba"):
+        entries += [(ROW_NAMES[name], run) for run in report["rows"].get(name, [])]
+    for world, title in (("move", "move world"), ("long_memory", "long-memory world")):
+        entries += [(f"{title}: {ROW_NAMES.get(name, name).split(' (')[0]}", run) for name, run in report["hard"][world].items()]
+    rows = []
+    for label, run in entries:
+        for kind, entry in run.get("by_kind", {}).items():
+            wrong = ", ".join(f"{field} {n}" for field, n in sorted(entry["wrong"].items(), key=lambda item: -item[1])) or "-"
+            rows.append([label, kind, str(entry["turns"]), str(entry["timed"]), str(entry["exact"]), wrong])
+    return rows
 
 
 def render_markdown(report: dict) -> str:
@@ -262,6 +288,12 @@ def render_markdown(report: dict) -> str:
               "ones need the first shape, from before a reply; \"long\" ones come "
               f"{scale['long_memory_gap']:g} s or more after it. Distractors: other shapes disappearing (a reply within 1 s is a false trigger).",
               "", _table(["row", "first", "memory", "long", "distractor false triggers"], breakdown_rows), ""]
+    lines += ["## Replies by kind of turn", "",
+              "Free-running, per event type behind a turn: turns, turns with a reply within 1 s (timed), exact replies among "
+              "them, and which template field the inexact ones got wrong (`old_colour`: the colour before a change; `colour`: the "
+              "shape's colour, for a disappearance the colour it had before it vanished; `slot`: where a shape moved to; "
+              "`template`: a sentence of another kind). This is the evidence for what limits a row.", "",
+              _table(["row", "kind", "turns", "timed", "exact", "wrong fields (timed, inexact)"], _kind_rows(report)), ""]
     lines += ["## Frame-rate sweep (seed-0 models, trained at 2 fps)", "",
               "![fps sweep](plots/fps_sweep.png)", ""]
     sweep_rows = [[ROW_NAMES[r["model"]].split(" (")[0], f"{r['fps']:g}", _cell([r["trigger_acc"]]), _cell([r["timval"]]), _cell([r["f1_1s"]]),

@@ -26,6 +26,8 @@ def check_structure(report: dict, out, scale) -> None:
     assert all(len(report["rows"][name]) == scale.seeds for name in MAIN_ROWS)
     for runs in report["rows"].values():
         assert all(set(QUALITY) <= set(run) for run in runs)
+    assert all(run["by_kind"] and all(e["exact"] <= e["timed"] <= e["turns"] for e in run["by_kind"].values())
+               for runs in report["rows"].values() for run in runs)
     assert set(report["hard"]) == {"move", "long_memory"}
     assert set(report["hard"]["long_memory"]) == {"streammind", "streammind_epfe_in_stage2", "per_frame_llm"}
     assert set(report["hard"]["long_memory"]["streammind"]["breakdown"]) == {"first", "memory", "long", "distractors"}
@@ -43,7 +45,7 @@ def check_structure(report: dict, out, scale) -> None:
     assert report["timing"]["wall_s"] > 0 and report["trainings"]
     text = (out / "report.md").read_text()
     for section in ("## Main comparison", "## Ablations", "## Harder worlds", "## Frame-rate sweep", "## State / KV memory",
-                    "## What the numbers say", "## Training runs"):
+                    "## What the numbers say", "## Training runs", "## Replies by kind of turn"):
         assert section in text
     assert all((out / "plots" / name).stat().st_size > 0 for name in PLOTS)
     assert json.loads((out / "report.json").read_text())["command"] == report["command"]
