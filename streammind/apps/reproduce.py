@@ -231,8 +231,8 @@ def train(name: str, args: list[str], clock: Clock) -> TrainRecord:
 
 
 def derive_checkpoint(source: str | Path, target: Path, **changes) -> Path:
-    """A copy of a saved StreamMind model with config fields changed (e.g. the gate's mode or
-    loss weights before stage 2); the weights are loaded strictly into the new structure."""
+    """A copy of a saved StreamMind model with config fields changed (e.g. the gate's mode before
+    stage 2); the weights are loaded strictly into the new structure."""
     from ..builder import load_model, save_model
     from ..modeling_streammind import StreamMindForCausalLM
     from ..processing import StreamMindProcessor
@@ -543,8 +543,9 @@ def _reproduce(scale: Scale, out: Path, configs: Path, record_to: Path | None) -
     stage1_seed0 = str(models / "streammind_seed0" / "stage1")
     ablations = {
         "per_frame_gate": streammind("per_frame_gate", default, 0, 0, scale.stage2_epochs, stage1=stage1_seed0, gate_changes={"gate_mode": "per_frame"}),
+        # The gate loss is a training setting (`streammind train --gate_class_weights`), not a model field.
         "gate_loss_0.5_0.5": streammind("gate_loss_0.5_0.5", default, 0, 0, scale.stage2_epochs, stage1=stage1_seed0,
-                                        gate_changes={"gate_class_weights": [0.5, 0.5]}),
+                                        stage2_extra=("--gate_class_weights", "[0.5, 0.5]")),
         "no_mamba": streammind("no_mamba", default, 0, scale.stage1_epochs, scale.stage2_epochs, overrides={"perception_temporal": "none"}),
         "sampling_uniform": streammind("sampling_uniform", default, 0, scale.stage1_epochs, scale.stage2_epochs, overrides={"sampling": "uniform"}),
         "sampling_all": streammind("sampling_all", default, 0, scale.stage1_epochs, scale.stage2_epochs, overrides={"sampling": "all"}),

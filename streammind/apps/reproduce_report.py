@@ -242,8 +242,8 @@ def render_markdown(report: dict) -> str:
         f"{scale['long_stage2_epochs']:g} / {scale['long_baseline_epochs']:g} epochs, batch {scale['long_batch_size']}.",
         f"- Seeds: {scale['seeds']} for the two main rows (model initialisation and data order; the world and the tower are shared). "
         "Ablations are single runs at seed 0: read their differences against the main rows' standard deviations.",
-        "- The per-frame-gate and 0.5/0.5 rows reuse seed 0's stage 1 (they differ only in the gate or its loss; the gate's mode "
-        "and loss weights are changed in a copy of the stage-1 checkpoint before stage 2). No-Mamba and the sampling rows "
+        "- The per-frame-gate and 0.5/0.5 rows reuse seed 0's stage 1 (they differ only in the gate or its loss: the gate's mode "
+        "is changed in a copy of the stage-1 checkpoint, the loss weights are stage 2's `gate_class_weights` setting). No-Mamba and the sampling rows "
         "retrain both stages: sampling changes what the LLM is trained on, so applying it at inference only is not equivalent "
         "(the two inference-only rows measure by how much).",
         "- The long-memory world is sampled at 1 fps for both models (whole-second events), so the baseline's KV cache holds a whole "
