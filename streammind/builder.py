@@ -40,6 +40,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPVisionModel, P
 from .configuration import StreamMindConfig
 from .errors import UserError
 from .fileio import atomic_directory
+from .modeling_perframe import PerFrameLLM, PerFrameLLMConfig, PerFrameProcessor
 from .modeling_streammind import StreamMindForCausalLM
 from .processing import StreamMindProcessor, add_video_token
 
@@ -49,6 +50,11 @@ logger = logging.getLogger(__name__)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
 # Longest list of tensor names shown in an error.
 _MAX_NAMES = 10
+# The model kinds a directory may hold: config.json's model_type -> (config, model, processor).
+_KINDS = {
+    StreamMindConfig.model_type: (StreamMindConfig, StreamMindForCausalLM, StreamMindProcessor),
+    PerFrameLLMConfig.model_type: (PerFrameLLMConfig, PerFrameLLM, PerFrameProcessor),
+}
 
 
 class CheckpointError(UserError, ValueError):
@@ -167,8 +173,9 @@ def _names(keys) -> str:
     return shown + (f" and {len(keys) - _MAX_NAMES} more" if len(keys) > _MAX_NAMES else "")
 
 
-def read_config(directory: str | os.PathLike) -> StreamMindConfig:
-    """The StreamMindConfig saved in `directory`, after checking that it is one.
+def read_config(directory: str | os.PathLike) -> StreamMindConfig | PerFrameLLMConfig:
+    """The StreamMindConfig saved in `directory` (or the per-frame-LLM baseline's config),
+    after checking that it is one.
 
     Raises:
         CheckpointError: no such directory, no or unreadable config.json, a config of
@@ -189,7 +196,7 @@ def read_config(directory: str | os.PathLike) -> StreamMindConfig:
     if not isinstance(raw, dict):
         raise CheckpointError(f"{path}: expected a JSON object, got {type(raw).__name__}")
     model_type = raw.get("model_type")
-    if model_type != StreamMindConfig.model_type:
+    if model_type not in _KINDS:
         what = f"a {model_type!r} model config" if model_type else "a config without model_type"
         archs = raw.get("architectures")
         raise CheckpointError(f"{path}: {what}{f' ({archs})' if archs else ''}, not a StreamMind one "
@@ -199,7 +206,7 @@ def read_config(directory: str | os.PathLike) -> StreamMindConfig:
         raise CheckpointError(f"{path}: a StreamMind config must name its sub-configs, but {unnamed} "
                               f"{'is' if len(unnamed) == 1 else 'are'} missing or without model_type (refusing to fill in the 7B defaults)")
     try:
-        return StreamMindConfig.from_pretrained(directory)
+        return _KINDS[model_type][0].from_pretrained(directory)
     except (ValueError, TypeError, KeyError, StrictDataclassError) as exc:
         raise CheckpointError(f"{path}: {' '.join(str(exc).split())}") from exc
 
@@ -260,8 +267,9 @@ def load_model(
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
     strict: bool = True,
-) -> tuple[StreamMindForCausalLM, StreamMindProcessor]:
-    """Load a saved StreamMind directory -> (model, processor).
+) -> tuple[StreamMindForCausalLM | PerFrameLLM, StreamMindProcessor | PerFrameProcessor]:
+    """Load a saved StreamMind directory -> (model, processor); a saved per-frame-LLM baseline
+    (`streammind.modeling_perframe`) loads the same way, by its config's model_type.
 
     Args:
         directory: written by `save_model` (or by training / conversion).
@@ -275,11 +283,12 @@ def load_model(
     """
     directory = Path(directory)
     config = read_config(directory)
+    _, model_class, processor_class = _KINDS[config.model_type]
     weight_files(directory)
     if not any((directory / name).is_file() for name in TOKENIZER_FILES):
         raise CheckpointError(f"{directory}: no tokenizer ({' or '.join(TOKENIZER_FILES)}) in the directory")
     try:
-        model, info = StreamMindForCausalLM.from_pretrained(directory, config=config, dtype=dtype or torch.float32, output_loading_info=True)
+        model, info = model_class.from_pretrained(directory, config=config, dtype=dtype or torch.float32, output_loading_info=True)
     except (OSError, RuntimeError, ValueError) as exc:
         raise CheckpointError(f"{directory}: cannot load the weights ({type(exc).__name__}: {exc})") from exc
     except Exception as exc:  # safetensors' SafetensorError derives from Exception only
@@ -295,7 +304,7 @@ def load_model(
                                   "load a deliberately partial checkpoint with strict=False (--allow-partial-load)")
         logger.warning("%s: partial load, the rest is freshly initialised (%s)", directory, listing)
     try:
-        processor = StreamMindProcessor.from_pretrained(directory, config=config)
+        processor = processor_class.from_pretrained(directory, config=config)
     except Exception as exc:  # the tokenizers library raises plain Exceptions on malformed files
         raise CheckpointError(f"{directory}: cannot load the tokenizer ({type(exc).__name__}: {exc})") from exc
     if device is not None:

@@ -120,6 +120,7 @@ _CHOICES = {
     "image_preprocess": ("pad", "crop"),
     "gate_mode": ("query", "per_frame"),
     "sampling": ("similarity", "uniform", "all"),
+    "perception_temporal": ("mamba", "none"),
 }
 
 # Numeric fields, checked by type before the range checks compare them.
@@ -184,6 +185,8 @@ class StreamMindConfig(PreTrainedConfig):
         frames_per_second: target sampling rate of streams, by presentation time.
         perception_d_state, perception_d_conv, perception_expand, perception_dt_rank: the EPFE's
             Mamba-1 block sizes (dt_rank 0 = ceil(D / 16)).
+        perception_temporal: "mamba" (the EPFE) or "none" (the ablation without the Mamba
+            block: pooled features through the EPFE's linear maps only, no state).
         gate_mode: "query" (the gate reads the prompt with the user query, then one perception
             token per frame, causally) or "per_frame" (the released code's variant: the gate
             sees only the newest perception token).
@@ -226,6 +229,7 @@ class StreamMindConfig(PreTrainedConfig):
     perception_d_conv: int = 4
     perception_expand: int = 2
     perception_dt_rank: int = 0
+    perception_temporal: Literal["mamba", "none"] = "mamba"
 
     gate_mode: Literal["query", "per_frame"] = "query"
     gate_num_layers: int = 4

@@ -110,6 +110,7 @@ class StreamMindForCausalLM(StreamMindPreTrainedModel):
             d_conv=config.perception_d_conv,
             expand=config.perception_expand,
             dt_rank=config.dt_rank,
+            temporal=config.perception_temporal,
         )
         self.gate = CognitionGate(config.gate_config)
         self.language_model = language_model if language_model is not None else AutoModelForCausalLM.from_config(config.text_config)

@@ -21,6 +21,9 @@ Notation used for tensor shapes:
     R    dt_rank
 
 Notable choices:
+    - `temporal="none"` (the "without the Mamba block" ablation) drops the block: each token is
+      then a function of its own frame only (pooled features straight through the two linear
+      maps), and the state is empty. The gate and the LLM still see the turn's tokens in order.
     - `MambaMixer` parameter names and shapes are exactly mamba_ssm's `Mamba` (in_proj, conv1d,
       x_proj, dt_proj, A_log, D, out_proj) and the block's are its `Block` (norm, mixer), so the
       original StreamMind checkpoints (built with mamba_ssm 2.2) map 1:1.
@@ -283,6 +286,7 @@ class PerceptionEncoder(nn.Module):
         d_state, d_conv, expand, dt_rank: the mixer's sizes (see `MambaMixer`).
         norm_eps: epsilon of both LayerNorms.
         leaky_relu_slope: negative slope of both LeakyReLUs.
+        temporal: "mamba" (the EPFE) or "none" (no block: per-frame linear maps, an ablation).
     """
 
     def __init__(
@@ -295,39 +299,46 @@ class PerceptionEncoder(nn.Module):
         dt_rank: int | Literal["auto"] = "auto",
         norm_eps: float = 1e-5,
         leaky_relu_slope: float = 0.01,
+        temporal: Literal["mamba", "none"] = "mamba",
     ):
         super().__init__()
+        if temporal not in ("mamba", "none"):
+            raise ValueError(f"temporal must be 'mamba' or 'none', got {temporal!r}")
         self.vision_dim = vision_dim
         self.d_model = d_model
         self.leaky_relu_slope = leaky_relu_slope
         self.pre_proj = nn.Linear(vision_dim, d_model)
-        mixer = MambaMixer(d_model, d_state=d_state, d_conv=d_conv, expand=expand, dt_rank=dt_rank)
-        self.block = PerceptionBlock(d_model, mixer, norm_eps=norm_eps)
+        self.block = None
+        if temporal == "mamba":
+            mixer = MambaMixer(d_model, d_state=d_state, d_conv=d_conv, expand=expand, dt_rank=dt_rank)
+            self.block = PerceptionBlock(d_model, mixer, norm_eps=norm_eps)
         self.norm_f = nn.LayerNorm(d_model, eps=norm_eps)
         self.post_proj = nn.Linear(d_model, d_model)
 
     @property
     def d_inner(self) -> int:
-        return self.block.mixer.d_inner
+        return 0 if self.block is None else self.block.mixer.d_inner
 
     @torch.no_grad()
     def init_weights(self) -> None:
         """(Re)initialise: PyTorch defaults for the projections and norms, Mamba's scheme for the mixer."""
         self.pre_proj.reset_parameters()
-        self.block.norm.reset_parameters()
-        self.block.mixer.init_weights()
+        if self.block is not None:
+            self.block.norm.reset_parameters()
+            self.block.mixer.init_weights()
         self.norm_f.reset_parameters()
         self.post_proj.reset_parameters()
 
     def init_state(self, batch_size: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> PerceptionState:
-        """Zero state for `batch_size` streams; device and conv dtype default to the parameters'."""
-        mixer = self.block.mixer
+        """Zero state for `batch_size` streams; device and conv dtype default to the parameters'.
+        Without the block the state is empty ([B, 0, 0]), so callers need no special case."""
+        mixer = self.block.mixer if self.block is not None else None
         weight = self.pre_proj.weight
         return PerceptionState.allocate(
             batch_size,
-            mixer.d_inner,
-            mixer.d_conv,
-            mixer.d_state,
+            self.d_inner,
+            mixer.d_conv if mixer is not None else 0,
+            mixer.d_state if mixer is not None else 0,
             device=weight.device if device is None else device,
             dtype=weight.dtype if dtype is None else dtype,
         )
@@ -350,11 +361,11 @@ class PerceptionEncoder(nn.Module):
         if features.dim() != 3 or features.shape[-1] != self.vision_dim:
             raise ValueError(f"features must be [B, T, Dv={self.vision_dim}]; got {tuple(features.shape)}")
         h = F.leaky_relu(self.pre_proj(features), self.leaky_relu_slope)  # [B, T, D]
-        return self._head(self.block(h, state))  # [B, T, D]
+        return self._head(h if self.block is None else self.block(h, state))  # [B, T, D]
 
     def step(self, feature: torch.Tensor, state: PerceptionState) -> tuple[torch.Tensor, PerceptionState]:
         """Recurrent mode, O(1) per frame: feature [B, Dv] -> (token [B, D], the same state advanced)."""
         if feature.dim() != 2 or feature.shape[-1] != self.vision_dim:
             raise ValueError(f"feature must be [B, Dv={self.vision_dim}]; got {tuple(feature.shape)}")
         h = F.leaky_relu(self.pre_proj(feature), self.leaky_relu_slope)  # [B, D]
-        return self._head(self.block.step(h, state)), state
+        return self._head(h if self.block is None else self.block.step(h, state)), state

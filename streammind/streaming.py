@@ -182,6 +182,11 @@ class StreamingSession:
         self.engine.set_query(self.slot, text)
 
     @property
+    def chunk_size(self) -> int:
+        """Frames per model call in `push_clip_chunks` (the engine's)."""
+        return self.engine.chunk_size
+
+    @property
     def conversation(self) -> Conversation:
         return self.engine.conversation(self.slot)
 
@@ -257,13 +262,14 @@ class StreamingSession:
         return Reply(time=timestamp, text=text, prob=prob, frame_index=self.stats.frames - 1)
 
 
-def push_clip_chunks(session: StreamingSession, frames, chunk_size: int | None = None, on_reply=None) -> list[Reply]:
-    """Run (time, frame) pairs through `session.push_clip`, `chunk_size` frames per call.
+def push_clip_chunks(session, frames, chunk_size: int | None = None, on_reply=None) -> list[Reply]:
+    """Run (time, frame) pairs through `session.push_clip`, `chunk_size` frames per call (default:
+    the session's); `session` is a `StreamingSession` or anything with its interface.
 
     `on_reply(reply)` is called as each chunk's replies come. When the frame iterator raises
     (a video that breaks off), the frames read before are still pushed, then the error propagates.
     """
-    size = chunk_size or session.engine.chunk_size
+    size = chunk_size or session.chunk_size
     replies: list[Reply] = []
     chunk: list = []
 

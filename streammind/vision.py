@@ -9,7 +9,9 @@ size, P patches per frame (P = (S / patch)^2), Dv the tower width.
   -> bicubic resize to S -> scale to [0, 1] -> normalise. Pure torch (no torchvision).
 - `VisionEncoder` wraps HF `CLIPVisionModel`: it runs the embeddings and only the first
   k encoder layers needed for `vision_feature_layer` (layer -2 of 24 runs 23 layers), drops
-  the CLS token and pools the P patch tokens into one vector per frame.
+  the CLS token and pools the P patch tokens into one vector per frame; or ("cls+GxG", the
+  per-frame-LLM baseline's VideoLLM-online layout) keeps the CLS token and average-pools
+  the patch grid to G x G, 1 + G^2 vectors per frame.
 
 The original code (`clip_encoder.py`) selected `hidden_states[-2]` after running all 24
 layers, and padded frames in training but centre-cropped them at inference; both are fixed
@@ -18,6 +20,7 @@ here. Reference: docs/design.md §2 and §7.2.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -118,13 +121,25 @@ class FrameProcessor:
         return x[:, :, top : top + self.image_size, left : left + self.image_size]
 
 
+def grid_size(pooling: str) -> int | None:
+    """G of a "cls+GxG" pooling (None for the one-vector poolings)."""
+    match = re.fullmatch(r"cls\+(\d+)x(\d+)", pooling)
+    if match is None:
+        return None
+    if match[1] != match[2] or int(match[1]) < 1:
+        raise ValueError(f"pooling {pooling!r}: the grid must be square and at least 1x1, e.g. 'cls+3x3'")
+    return int(match[1])
+
+
 class VisionEncoder(nn.Module):
-    """CLIP vision tower -> one pooled feature per frame.
+    """CLIP vision tower -> pooled features of each frame.
 
     Args:
         config: the CLIP vision config.
         feature_layer: hidden-state index to read (-2 = penultimate, as LLaVA / VideoLLaMA2).
-        pooling: "mean" or "max" over the P patch tokens, or "cls" (the CLS token).
+        pooling: "mean" or "max" over the P patch tokens, "cls" (the CLS token), all three one
+            vector per frame; or "cls+GxG", the CLS token followed by the patch grid
+            average-pooled to G x G (VideoLLM-online's 1 + 3x3 tokens per frame).
         clip: an already built (e.g. pretrained) `CLIPVisionModel` to wrap instead of a fresh one.
     """
 
@@ -135,16 +150,22 @@ class VisionEncoder(nn.Module):
         self.num_layers_to_run = feature_layer if feature_layer >= 0 else n + 1 + feature_layer
         if not 0 <= self.num_layers_to_run <= n:
             raise ValueError(f"feature_layer {feature_layer} out of range for a {n}-layer CLIP")
-        if pooling not in ("mean", "max", "cls"):
-            raise ValueError(f"pooling must be 'mean', 'max' or 'cls', got {pooling!r}")
+        self.grid = grid_size(pooling)
+        if pooling not in ("mean", "max", "cls") and self.grid is None:
+            raise ValueError(f"pooling must be 'mean', 'max', 'cls' or 'cls+GxG', got {pooling!r}")
         self.pooling = pooling
 
     @property
     def hidden_size(self) -> int:
         return self.clip.config.hidden_size
 
+    @property
+    def tokens_per_frame(self) -> int:
+        """Feature vectors per frame: 1, or 1 + G^2 for "cls+GxG"."""
+        return 1 if self.grid is None else 1 + self.grid**2
+
     def forward(self, pixel_values: torch.Tensor, run_layer: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
-        """pixel_values [N, 3, S, S] -> pooled frame features [N, Dv].
+        """pixel_values [N, 3, S, S] -> pooled frame features [N, Dv], or [N, 1 + G^2, Dv] for "cls+GxG".
 
         `run_layer(layer, h)` applies one encoder layer (default `apply_clip_layer`; the
         inference engine passes a compiled one).
@@ -160,10 +181,16 @@ class VisionEncoder(nn.Module):
         if self.pooling == "cls":
             return h[:, 0]
         patches = h[:, 1:]  # drop CLS: [N, P, Dv]
+        if self.grid is not None:
+            n, p, d = patches.shape
+            side = int(round(p**0.5))
+            grid = patches.transpose(1, 2).reshape(n, d, side, side)  # [N, Dv, sqrt(P), sqrt(P)]
+            pooled = F.adaptive_avg_pool2d(grid, self.grid).flatten(2).transpose(1, 2)  # [N, G^2, Dv]
+            return torch.cat([h[:, :1], pooled], dim=1)  # [N, 1 + G^2, Dv]
         return patches.mean(dim=1) if self.pooling == "mean" else patches.amax(dim=1)
 
     def encode_frames(self, pixel_values: torch.Tensor, chunk_size: int = 256) -> torch.Tensor:
-        """Like `forward`, in fixed-size chunks so long clips never OOM: [N, 3, S, S] -> [N, Dv]."""
+        """Like `forward`, in fixed-size chunks so long clips never OOM: [N, 3, S, S] -> [N, Dv] (or [N, 1 + G^2, Dv])."""
         if pixel_values.shape[0] <= chunk_size:
             return self(pixel_values)
         return torch.cat([self(chunk) for chunk in pixel_values.split(chunk_size)])
@@ -174,4 +201,4 @@ def apply_clip_layer(layer: nn.Module, h: torch.Tensor) -> torch.Tensor:
     return layer(h, None)
 
 
-__all__ = ["FrameProcessor", "VisionEncoder", "apply_clip_layer"]
+__all__ = ["FrameProcessor", "VisionEncoder", "apply_clip_layer", "grid_size"]

@@ -33,8 +33,8 @@ MODULES = sorted(
     for m in pkgutil.walk_packages(pkg.__path__, prefix=pkg.__name__ + ".")
 )
 
-CORE = {"configuration", "vision", "perception", "gate", "sampling", "processing", "modeling_streammind", "builder", "decoding",
-        "engine", "streaming", "errors", "fileio", "ops"}
+CORE = {"configuration", "vision", "perception", "gate", "sampling", "processing", "modeling_streammind", "modeling_perframe", "builder", "decoding",
+        "engine", "streaming", "streaming_perframe", "errors", "fileio", "ops"}
 # layer of a module -> the layers it may import
 LAYERS = {
     "core": {"core"},

@@ -1,7 +1,7 @@
 """The `streammind` command, one entry point for every verb:
 
     streammind stream | train | features | eval <benchmark> | score | convert | convert-annotations
-               | world | pretrain-tower | bench | quickstart
+               | world | pretrain-tower | bench | quickstart | reproduce
 
 (`python -m streammind <verb> ...` where the console script is not installed.)
 
@@ -65,6 +65,7 @@ VERBS = {
     "pretrain-tower": ("streammind.synthetic.tower_pretrain", "CLIP-style pretraining of the tiny tower on a world"),
     "bench": ("streammind.apps.bench", "benchmarks: always-on per-frame cost, kernel parity"),
     "quickstart": ("streammind.apps.quickstart", "generate the synthetic world, train the tiny model, evaluate"),
+    "reproduce": ("streammind.apps.reproduce", "the paper's comparison at toy scale: StreamMind vs the per-frame LLM, ablations"),
 }
 
 # `streammind eval NAME ...` -> (module whose main(argv) runs it, help line)

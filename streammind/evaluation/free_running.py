@@ -1,10 +1,11 @@
 """Free-running streaming evaluation: the real runtime over each video, then scoring.
 
-For every annotation record: reset a `StreamingSession` with the record's query, feed the
-video's frames at the target fps by presentation time, and record each reply (time, text,
-gate probability) and the gate probability of every frame. Then score with
-`score.score_predictions` (precision / recall / F1 at ±1/2/5 s, TriggerAcc, TimVal,
-reply exact match, caption metrics on matched replies).
+For every annotation record: reset a streaming session (`StreamingSession` for StreamMind,
+`PerFrameSession` for the per-frame-LLM baseline, both through `open_session` of
+`streammind.streaming_perframe`) with the record's query, feed the video's frames at the
+target fps by presentation time, and record each reply (time, text, decision probability) and
+the probability of every frame. Then score with `score.score_predictions` (precision / recall /
+F1 at ±1/2/5 s, TriggerAcc, TimVal, reply exact match, caption metrics on matched replies).
 
 Outputs in `out_dir`: `predictions.jsonl` (one line per video, re-scorable with
 `streammind score`), `metrics.json`, `metrics.md`, and `plots/<id>.png` timelines
@@ -27,6 +28,7 @@ from tqdm import tqdm
 from ..fileio import atomic_write, write_json
 from ..media.video import VideoDecodeError, iter_frames
 from ..streaming import SessionInputError, StreamingSession, push_clip_chunks
+from ..streaming_perframe import PerFrameSession, open_session
 from ..training.annotations import StreamAnnotation
 from .plots import plot_filename, plot_timeline
 from .score import score_predictions
@@ -45,7 +47,7 @@ def _window(frames, start: float | None, end: float | None):
         yield float(t), frame
 
 
-def stream_record(session: StreamingSession, record: StreamAnnotation, data_root: Path, fps: float, on_reply=None) -> dict:
+def stream_record(session: StreamingSession | PerFrameSession, record: StreamAnnotation, data_root: Path, fps: float, on_reply=None) -> dict:
     """Run one video through the session; returns its prediction record (with an "error" when the
     video fails or the session refuses the query, e.g. one over the LLM budget).
 
@@ -117,7 +119,7 @@ def run_free_running(
     out.mkdir(parents=True, exist_ok=True)
     data_root = Path(data_root)
     fps = fps or model.config.frames_per_second
-    session = StreamingSession(model, processor, threshold=threshold)
+    session = open_session(model, processor, threshold=threshold)
     predictions = []
     with atomic_write(out / "predictions.jsonl") as f:
         for record in tqdm(records, desc="streaming", unit="video"):

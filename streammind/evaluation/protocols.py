@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+from ..streaming_perframe import default_threshold
 from .free_running import run_free_running
 from .tasks import PROTOCOLS, run_task, write_json, write_markdown_table
 from .teacher_forced import TeacherForcedTask
@@ -45,7 +46,7 @@ def run_stream_protocols(
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
     out = Path(out_dir)
-    threshold = model.config.gate_threshold if task.threshold is None else task.threshold
+    threshold = default_threshold(model) if task.threshold is None else task.threshold
     load_failures = task.load_failures
     summary: dict = {
         "task": task.name,

@@ -41,6 +41,13 @@ Per record (one video x annotation pass), batch size 1:
    EPFE state never depends on replies, so the perception tokens are shared. For a gate in
    per-frame mode R changes nothing. (`tests/evaluation/test_teacher_forced.py` checks this
    against one pass per turn.)
+   The per-frame-LLM baseline (`streammind.modeling_perframe`) makes steps 2 and 3
+   VideoLLM-online's way, on its KV cache (`streammind.streaming_perframe.teacher_forced`):
+   the ground-truth dialogue is prefilled turn by turn, and after each turn's last frame the
+   frames that follow are fed without the reply to time a late decision, then cut back. Its L
+   is the same as StreamMind's (reply and EOS; its separators and the turn close "\n [/INST]"
+   that carries its speak decision are masked out of L), so LM-PPL and LM-Correctness compare
+   like with like. `teacher_forced_record` picks the model's part through one dispatch.
 4. Scoring (`metrics.py`, all of it in one place): the window rule min(next turn length, |V| - 1); the last turn
    has no following frames, so a silent last turn counts as frame_diff 0; TimeDiff =
    |frame_diff| / fps; Fluency, LM-PPL and LM-Correctness per turn; mean over turns, then
@@ -78,6 +85,8 @@ import numpy as np
 import torch
 
 from ..processing import IGNORE_INDEX
+from ..streaming_perframe import default_threshold, is_per_frame_llm
+from ..streaming_perframe import teacher_forced as per_frame_teacher_forced
 from ..training.annotations import StreamAnnotation
 from ..training.collator import StreamCollator
 from ..training.datasets import StreamDataset
@@ -147,6 +156,46 @@ def parity_respond_masks(turn_ends: Sequence[int], num_frames: int) -> list[torc
     return masks
 
 
+def late_windows(turn_ends: Sequence[int]) -> list[int]:
+    """For each turn, the end (exclusive) of the frames that time a late reply: the next turn's
+    frames, cut to |V| - 1 of them (the turn's own end for the last turn)."""
+    windows = []
+    for k, end in enumerate(turn_ends):
+        first = turn_ends[k - 1] if k else 0
+        windows.append(min(turn_ends[k + 1] if k + 1 < len(turn_ends) else end, end + (end - first - 1)))
+    return windows
+
+
+def streammind_teacher_forced(model, processor, batch: dict, turn_ends: list[int], windows: list[int]) -> tuple[torch.Tensor, torch.Tensor, list]:
+    """StreamMind's part of the protocol: one forward for the replies' logits, two gate passes
+    for the decisions (steps 2 and 3 of the module docstring).
+
+    Returns:
+        logits [S, V] of the dialogue, its reply labels [S] (the supervised labels: the
+        replies and their EOS), and per turn p(respond) at its frames and at the frames of
+        its late window (as `streaming_perframe.teacher_forced` returns them).
+    """
+    out = model(
+        pixel_values=batch["pixel_values"],
+        frame_mask=batch["frame_mask"],
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        labels=batch["labels"],
+        turn_ends=batch["turn_ends"],
+    )
+    tokens = out.perception_tokens
+    probs = []
+    for mask in parity_respond_masks(turn_ends, tokens.shape[1]):
+        logits = model.gate_logits(
+            tokens, batch["frame_mask"], None, batch["gate_prompt_ids"], batch["gate_prompt_mask"], respond=mask[None].to(tokens.device)
+        )
+        probs.append(logits.float().softmax(-1)[0, :, 1].cpu().numpy())
+    starts = [0] + list(turn_ends[:-1])
+    turn_probs = [(probs[(k + 1) % 2][first:end], probs[(k + 1) % 2][end:window])
+                  for k, (first, end, window) in enumerate(zip(starts, turn_ends, windows))]
+    return out.logits[0], batch["labels"][0], turn_probs
+
+
 @torch.inference_mode()
 def teacher_forced_record(
     model,
@@ -159,48 +208,34 @@ def teacher_forced_record(
 ) -> dict:
     """Run the teacher-forced protocol on one record (module docstring); raises BadSample."""
     fps = fps or model.config.frames_per_second
-    threshold = model.config.gate_threshold if threshold is None else threshold
+    threshold = default_threshold(model) if threshold is None else threshold
     clip = through_last_turn(record, fps)
     dataset = StreamDataset([clip], data_root, processor, stage="both", fps=fps, on_error="raise")
     example = dataset.example(0)  # a record that cannot be built raises BadSample (counted by the runner)
+    if is_per_frame_llm(model):  # no gate: its decisions are the LLM's own, from the dialogue
+        example = {key: value for key, value in example.items() if not key.startswith("gate_")}
     device = next(model.parameters()).device
     batch = {k: v.to(device) for k, v in StreamCollator.from_processor(processor)([example]).items()}
-    out = model(
-        pixel_values=batch["pixel_values"],
-        frame_mask=batch["frame_mask"],
-        input_ids=batch["input_ids"],
-        attention_mask=batch["attention_mask"],
-        labels=batch["labels"],
-        turn_ends=batch["turn_ends"],
-    )
     ends = list(example["turn_ends"])
-    replies = reply_token_scores(out.logits[0], batch["labels"][0])
+    windows = late_windows(ends)
+    forced = per_frame_teacher_forced if is_per_frame_llm(model) else streammind_teacher_forced
+    logits, reply_labels, turn_probs = forced(model, processor, batch, ends, windows)
+    replies = reply_token_scores(logits, reply_labels)
     if len(replies) != len(ends):
         raise RuntimeError(f"{len(replies)} supervised replies for {len(ends)} turns: the processor's labels and the turns disagree")
-
-    tokens = out.perception_tokens
-    num_frames = tokens.shape[1]
-    probs = []
-    for mask in parity_respond_masks(ends, num_frames):
-        logits = model.gate_logits(
-            tokens, batch["frame_mask"], None, batch["gate_prompt_ids"], batch["gate_prompt_mask"], respond=mask[None].to(device)
-        )
-        probs.append(logits.float().softmax(-1)[0, :, 1].cpu().numpy())
+    num_frames = batch["frame_mask"].shape[1]
 
     turns = []
-    for k, (turn, reply) in enumerate(zip(clip.turns, replies)):
-        first, end = ends[k - 1] if k else 0, ends[k]
-        window = min(ends[k + 1] if k + 1 < len(ends) else end, end + (end - first - 1))
-        turn_probs = probs[(k + 1) % 2]
+    for k, (turn, reply, (in_turn, following)) in enumerate(zip(clip.turns, replies, turn_probs)):
         turns.append(
             {
                 "time": turn.time,
                 "text": turn.text,
-                "frames": [first, end],
-                "respond_probs": _rounded(turn_probs[first:end]),
-                "decisions": [bool(p > threshold) for p in turn_probs[first:end]],
-                "following_probs": _rounded(turn_probs[end:window]),
-                "following_decisions": [bool(p > threshold) for p in turn_probs[end:window]],
+                "frames": [ends[k - 1] if k else 0, ends[k]],
+                "respond_probs": _rounded(in_turn),
+                "decisions": [bool(p > threshold) for p in in_turn],
+                "following_probs": _rounded(following),
+                "following_decisions": [bool(p > threshold) for p in following],
                 "token_logprobs": reply["token_logprobs"],
                 "token_correct": reply["token_correct"],
                 "argmax_text": processor.decode(reply["argmax_ids"]),
@@ -296,6 +331,8 @@ class TeacherForcedTask(Task):
 
 __all__ = [
     "TeacherForcedTask",
+    "late_windows",
+    "streammind_teacher_forced",
     "parity_respond_masks",
     "plot_teacher_forced",
     "reply_token_scores",

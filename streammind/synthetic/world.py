@@ -23,6 +23,15 @@ learn from scratch on a CPU in minutes:
   has at least one matching event and at least one distractor, so a model must read the
   query. Replies are fixed templates filled from the event (`REPLY_TEMPLATES`), so the
   reply is fully determined by what is visible.
+- **The long-memory world** (``long_memory``): one query, "Tell me when the shape that
+  appeared first disappears.", whose events count only given the video's first appearance,
+  minutes before. Shape A appears first and soon disappears (the first turn); then shapes
+  visit one at a time (appear, maybe change colour, disappear), A among them, and every
+  disappearance of A is a turn. At least one of A's later disappearances comes
+  ``memory_gap`` seconds or more after A first appeared, and at least one other shape
+  disappears in between (a distractor that looks the same in the moment). Events lie on a
+  whole-second grid, so a 1 fps sampler sees each at its own frame. Every turn after the
+  first needs a memory from before the previous reply, i.e. beyond a gate's turn context.
 - **Files.** ``videos/{split}/{index:04d}.mp4`` (H.264, yuv420p, constant ``fps``),
   ``{split}.jsonl`` in the canonical annotation format of docs/design.md §4 (plus the extra fields
   ``id``, ``duration``, ``fps``, ``query_key``, ``initial`` and ``events``, the latter
@@ -151,15 +160,20 @@ class Event:
 
 @dataclass(frozen=True)
 class Query:
-    """A user request: it matches events of ``event_type`` (and, if set, of new ``colour``)."""
+    """A user request: it matches events of ``event_type`` (and, if set, of new ``colour``;
+    with ``first_shape``, only events of the shape that appeared first in the video)."""
 
     key: str
     text: str
     event_type: str
     colour: str | None = None
+    first_shape: bool = False
 
-    def matches(self, event: Event) -> bool:
-        """Whether ``event`` must be answered under this query."""
+    def matches(self, event: Event, first_shape: str | None = None) -> bool:
+        """Whether ``event`` must be answered under this query (``first_shape``: the shape that
+        appeared first in the video, needed when the query refers to it)."""
+        if self.first_shape and event.shape != first_shape:
+            return False
         return event.type == self.event_type and (self.colour is None or event.colour == self.colour)
 
 
@@ -169,6 +183,10 @@ QUERIES = (
     Query("recolour", "Tell me when something changes colour.", "recolour"),
     Query("move", "Tell me when a shape moves.", "move"),
 ) + tuple(Query(f"turns_{c}", f"Tell me when something turns {c}.", "recolour", c) for c in COLOURS)
+
+
+# The long-memory world's query (kept out of QUERIES, which fix the tokenizer's corpus).
+LONG_MEMORY_QUERY = Query("first_disappears", "Tell me when the shape that appeared first disappears.", "disappear", first_shape=True)
 
 
 def all_queries() -> list[str]:
@@ -257,6 +275,10 @@ class WorldConfig:
     # the quick start's recipe: reply exact match 0.855, 10 of its 11 misses are the
     # direction of a move; trigger_acc 0.987).
     move_queries: bool = False
+    # The long-memory world (module docstring): its one query needs what the video showed
+    # ``memory_gap`` seconds or more before; events on whole seconds; durations must leave room.
+    long_memory: bool = False
+    memory_gap: float = 120.0
     crf: int = 12  # libx264 quality; low enough that colours survive yuv420p almost exactly
 
     def __post_init__(self):
@@ -286,9 +308,21 @@ class WorldConfig:
             raise ValueError(f"max_objects={self.max_objects} must be 1 or 2 (there are two slots)")
         if min(self.num_train, self.num_val, self.num_test) < 0:
             raise ValueError("split counts must be non-negative")
+        if self.long_memory:
+            if self.max_objects != 1 or self.move_queries:
+                raise ValueError("the long-memory world shows one shape at a time and has its own query "
+                                 "(max_objects=1, move_queries=False)")
+            if not _on_grid(self.memory_gap) or self.memory_gap < 1:
+                raise ValueError(f"memory_gap={self.memory_gap} must be a positive multiple of {TIME_GRID} s")
+            if self.min_duration < self.min_event_time + self.memory_gap + 4 * self.max_gap + self.end_margin:
+                raise ValueError(f"min_duration={self.min_duration} s leaves no room for a long-memory video: it needs at least "
+                                 f"min_event_time + memory_gap + 4 * max_gap + end_margin = "
+                                 f"{self.min_event_time + self.memory_gap + 4 * self.max_gap + self.end_margin} s")
 
     def queries(self) -> tuple[Query, ...]:
         """The queries videos are drawn with."""
+        if self.long_memory:
+            return (LONG_MEMORY_QUERY,)
         return tuple(q for q in QUERIES if self.move_queries or q.event_type != "move")
 
     def split_counts(self) -> dict[str, int]:
@@ -340,9 +374,16 @@ class VideoSpec:
     initial: tuple[WorldObject, ...]
     events: tuple[Event, ...]
 
+    @property
+    def first_shape(self) -> str | None:
+        """The shape that appeared first (on screen at the start, else the first appearance)."""
+        if self.initial:
+            return self.initial[0].shape
+        return next((e.shape for e in self.events if e.type == "appear"), None)
+
     def turns(self) -> list[dict]:
         """Ground-truth turns: the events matching the query."""
-        return [{"time": e.time, "text": e.text} for e in self.events if self.query.matches(e)]
+        return [{"time": e.time, "text": e.text} for e in self.events if self.query.matches(e, self.first_shape)]
 
     def scene_at(self, t: float) -> tuple[WorldObject, ...]:
         """Objects on screen at time ``t`` (events at exactly ``t`` have happened)."""
@@ -375,8 +416,52 @@ def all_scenes(max_objects: int = 2) -> list[tuple[WorldObject, ...]]:
     return scenes
 
 
+def _whole_seconds(lo: float, hi: float) -> list[float]:
+    """Whole seconds in [lo, hi] (at least lo rounded up)."""
+    return [float(t) for t in range(int(-(-lo // 1)), int(max(hi, -(-lo // 1))) + 1)]
+
+
+def sample_long_memory_video(rng: random.Random, config: WorldConfig) -> VideoSpec:
+    """Draw one long-memory script (module docstring): A appears first and soon disappears,
+    then single-shape visits; A's disappearances are the turns, one of them at least
+    ``memory_gap`` s after A appeared with another shape's disappearance before it."""
+    query = LONG_MEMORY_QUERY
+    duration = float(rng.choice(_whole_seconds(config.min_duration, config.max_duration)))
+    gaps = _whole_seconds(config.min_gap, config.max_gap)
+    colours = list(COLOURS)
+    while True:
+        first = rng.choice(SHAPES)
+        t = float(rng.choice(_whole_seconds(config.min_event_time, config.min_event_time + 1.0)))
+        appeared = t
+        events = [Event(t, "appear", first, rng.choice(colours), "left")]
+        shape = first
+        while True:
+            # The visiting shape (one at a time): maybe a colour change, then it leaves.
+            current = events[-1]
+            if rng.random() < 0.3:
+                t += rng.choice(gaps)
+                new_colour = rng.choice([c for c in colours if c != current.colour])
+                events.append(Event(t, "recolour", shape, new_colour, current.slot, old_colour=current.colour))
+                current = events[-1]
+            t += rng.choice(gaps)
+            events.append(Event(t, "disappear", shape, current.colour, current.slot))
+            t += rng.choice(gaps)
+            if t > duration - config.end_margin - 3 * config.max_gap:
+                break
+            shape = rng.choice(SHAPES)
+            events.append(Event(t, "appear", shape, rng.choice(colours), rng.choice(SLOTS)))
+        spec = VideoSpec(duration, query, (), tuple(events))
+        disappear = [e for e in events if e.type == "disappear"]
+        late = [e for e in disappear if e.shape == first and e.time >= appeared + config.memory_gap]
+        distractor_before = late and any(e.shape != first and e.time < late[-1].time for e in disappear)
+        if late and distractor_before and events[-1].time <= duration - config.end_margin:
+            return spec
+
+
 def sample_video(rng: random.Random, config: WorldConfig) -> VideoSpec:
     """Draw one video script with >= 1 event matching its query and >= 1 distractor."""
+    if config.long_memory:
+        return sample_long_memory_video(rng, config)
     query = rng.choice(config.queries())
     duration = rng.choice(_grid(config.min_duration, config.max_duration))
     while True:

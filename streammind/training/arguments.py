@@ -53,7 +53,10 @@ class ConfigError(UserError, ValueError):
 @dataclass
 class ModelArguments:
     init_from: str | None = field(default=None, metadata={"help": "A saved StreamMind directory to start from (required for stage 2)."})
-    preset: str | None = field(default=None, metadata={"help": "Build a fresh model from a preset ('tiny', 'streammind-7b')."})
+    preset: str | None = field(
+        default=None,
+        metadata={"help": "Build a fresh model from a preset ('tiny', 'streammind-7b'; 'perframe-tiny', 'perframe-7b' for the per-frame-LLM baseline)."},
+    )
     tokenizer_path: str | None = field(default=None, metadata={"help": "Tokenizer directory for a preset-built model."})
     clip_path: str | None = field(
         default=None,

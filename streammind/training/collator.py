@@ -50,8 +50,9 @@ class StreamCollator:
 
     @classmethod
     def from_processor(cls, processor: StreamMindProcessor) -> StreamCollator:
-        """The collator of a model: its padding id and its gate window."""
-        return cls(pad_token_id=processor.pad_token_id, gate_window=processor.config.gate_context_window)
+        """The collator of a model: its padding id and its gate window (None for a model without a
+        gate, the per-frame-LLM baseline, whose examples carry no gate labels)."""
+        return cls(pad_token_id=processor.pad_token_id, gate_window=getattr(processor.config, "gate_context_window", None))
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         if not examples:

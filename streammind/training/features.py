@@ -55,10 +55,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from ..builder import read_config
 from ..configuration import StreamMindConfig
 from ..errors import ArgumentParser, run_command
 from ..fileio import write_json
 from ..media.video import VideoDecodeError, read_video
+from ..modeling_perframe import PER_FRAME_PRESETS, PerFrameLLMConfig
 from ..vision import FrameProcessor, VisionEncoder
 from .annotations import StreamAnnotation, load_annotations
 
@@ -350,7 +352,8 @@ def extract_features(
 
 def load_vision(directory: str | os.PathLike, device: str | torch.device = "cpu",
                 dtype: torch.dtype = torch.float32) -> tuple[StreamMindConfig, VisionEncoder]:
-    """The vision tower of a saved StreamMind directory, without loading the LLM or the gate.
+    """The vision tower of a saved StreamMind directory (or a per-frame-LLM baseline's), without
+    loading the LLM or the gate.
 
     Reads only the `vision.*` tensors (single or sharded safetensors), so a 7B checkpoint costs
     the tower's 0.6 GB, not 17 GB. The weights are cast to `dtype` as `load_model` would.
@@ -360,7 +363,7 @@ def load_vision(directory: str | os.PathLike, device: str | torch.device = "cpu"
     directory = Path(directory)
     if not (directory / "config.json").is_file():
         raise FileNotFoundError(f"{directory}: not a saved StreamMind model (no config.json there)")
-    config = StreamMindConfig.from_pretrained(directory)
+    config = read_config(directory)
     index = directory / "model.safetensors.index.json"
     if index.is_file():
         weight_map = json.loads(index.read_text())["weight_map"]
@@ -389,7 +392,8 @@ def tower_from_clip(clip_path: str, preset: str | None, device: str | torch.devi
 
     clip = CLIPVisionModel.from_pretrained(clip_path, dtype=dtype)
     fields = {"vision_config": clip.config.to_dict()}
-    config = StreamMindConfig.from_preset(preset, **fields) if preset else StreamMindConfig(**fields)
+    kind = PerFrameLLMConfig if preset in PER_FRAME_PRESETS else StreamMindConfig
+    config = kind.from_preset(preset, **fields) if preset else StreamMindConfig(**fields)
     vision = VisionEncoder(config.vision_config, config.vision_feature_layer, config.frame_pooling, clip=clip)
     return config, vision.to(device=device, dtype=dtype).eval()
 

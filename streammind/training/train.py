@@ -57,6 +57,7 @@ from ..configuration import StreamMindConfig
 from ..errors import run_command
 from ..fileio import atomic_write
 from ..gate import GateLossConfig
+from ..modeling_perframe import PER_FRAME_PRESETS, PerFrameLLMConfig, build_per_frame_llm
 from .annotations import load_annotations
 from .arguments import ConfigError, DataArguments, ModelArguments, StreamMindTrainingArguments, parse_args
 from .collator import StreamCollator
@@ -185,11 +186,14 @@ def build(model_args: ModelArguments, device: torch.device):
         if model_args.clip_path is not None:  # a pretrained tower, e.g. from `streammind pretrain-tower`
             clip = CLIPVisionModel.from_pretrained(model_args.clip_path, dtype=dtype).to(device)
             overrides["vision_config"] = clip.config.to_dict()
-        config = StreamMindConfig.from_preset(model_args.preset, **overrides)
+        # The model-type switch: a per-frame-LLM preset builds the baseline (streammind.modeling_perframe).
+        per_frame = model_args.preset in PER_FRAME_PRESETS
+        config = (PerFrameLLMConfig if per_frame else StreamMindConfig).from_preset(model_args.preset, **overrides)
         # Initialise directly in the target dtype and on the training device: a fresh 7B model
         # is 30 GB in fp32, and random init on a CPU takes many minutes.
         with default_dtype(dtype), device:
-            model, processor = build_model(config, AutoTokenizer.from_pretrained(model_args.tokenizer_path), vision=clip)
+            model, processor = (build_per_frame_llm if per_frame else build_model)(
+                config, AutoTokenizer.from_pretrained(model_args.tokenizer_path), vision=clip)
     else:
         model, processor = build_from_parts(model_args.clip_path, model_args.llm_path, gate_init_from_llm=model_args.gate_init_from_llm,
                                             dtype=dtype, **model_args.model_overrides)

@@ -11,7 +11,7 @@ from streammind.apps.quickstart import run, tiny_configs
 
 
 def test_the_tiny_configs_ship_with_the_package():
-    assert sorted(p.name for p in tiny_configs().iterdir() if p.name.endswith(".yaml")) == ["stage1.yaml", "stage2.yaml"]
+    assert sorted(p.name for p in tiny_configs().iterdir() if p.name.endswith(".yaml")) == ["perframe.yaml", "stage1.yaml", "stage2.yaml"]
 
 
 def test_quickstart_runs_from_nothing_and_writes_the_metrics(tmp_path, capsys, monkeypatch):
