@@ -521,8 +521,8 @@ _KILLED = {1, 3, 36, -24, 24, 152, 255, -11, -9}  # mutmut's "killed", "timeout"
 _SURVIVED = {0}
 
 
-def _mutmut() -> str:
-    return str(Path(sys.executable).with_name("mutmut"))
+def _mutmut() -> list[str]:
+    return [sys.executable, "-m", "mutmut"]
 
 
 def _toml_list(items) -> str:
@@ -539,15 +539,24 @@ def _mutmut_table(target: Target, ws: Path) -> str:
         f"only_mutate = {_toml_list([target.path])}",
         f"also_copy = {_toml_list(['configs', 'scripts', 'notebooks', 'docs', 'assets'])}",
         f"pytest_add_cli_args_test_selection = {_toml_list(selection)}",
-        f"pytest_add_cli_args = {_toml_list(['-p', 'no:randomly', '-p', 'no:cacheprovider', '-q'])}",
+        # The GPU tests stay out: the run hides any GPU (CUDA in a forked child would fail anyway).
+        f"pytest_add_cli_args = {_toml_list(['-p', 'no:randomly', '-p', 'no:cacheprovider', '-q', '-m', 'not gpu'])}",
         f"do_not_mutate_patterns = {_toml_list(_NOT_MUTATED)}",
         "",
     ])
 
 
+_NOT_TREE = {".git", ".venv", ".whl", "runs", "data", ".pytest_cache", ".ruff_cache"}  # top-level folders
+
+
 def _tree_files() -> list[str]:
-    out = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, check=True, capture_output=True, text=True).stdout
-    return [p for p in out.splitlines() if (REPO / p).is_file()]
+    """The working tree's files: git's tracked and untracked-not-ignored ones, or, in a copy
+    without git (e.g. a tree shipped to a bigger machine), every file outside the usual ignored folders."""
+    git = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, text=True)
+    if git.returncode == 0:
+        return [p for p in git.stdout.splitlines() if (REPO / p).is_file()]
+    files = (p.relative_to(REPO) for p in REPO.rglob("*") if p.is_file())
+    return sorted(str(f) for f in files if f.parts[0] not in _NOT_TREE and "__pycache__" not in f.parts)
 
 
 _GRAD_MODES = ("@torch.inference_mode()", "@torch.no_grad()")
@@ -621,7 +630,7 @@ def _results(ws: Path, target: Target) -> dict[str, int | None]:
     return codes
 
 
-def _run(name: str, target: Target, survivors_only: bool) -> None:
+def _run(name: str, target: Target, survivors_only: bool, jobs: int = 1) -> None:
     ws = WORK / name
     names: list[str] = []
     same_source = ws.exists() and (ws / target.path).exists() and (ws / target.path).read_text() == _target_source(target)
@@ -648,13 +657,45 @@ def _run(name: str, target: Target, survivors_only: bool) -> None:
         ws = _prepare(name, target)
         module = target.path[:-3].replace("/", ".")
         names = [f"{module}.{f}__mutmut_*" for f in target.functions]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    cmd = ["nice", "-n", "15", _mutmut(), "run", "--max-children", "1", *names]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "CUDA_VISIBLE_DEVICES": ""}
+    cmd = ["nice", "-n", "15", *_mutmut(), "run", "--max-children", str(jobs), *names]
     print(f"[{name}] mutmut run in {ws} ({len(names)} mutants named)" if names else f"[{name}] mutmut run in {ws}")
     with open(ws / "mutmut.log", "w") as log:
         proc = subprocess.run(cmd, cwd=ws, env=env, stdout=log, stderr=subprocess.STDOUT)
     if proc.returncode != 0:
         print(f"[{name}] mutmut exited {proc.returncode}; see {ws / 'mutmut.log'}")
+
+
+def _verdict_files(name: str) -> list[Path]:
+    """What the report needs of a module's run: its mutmut table, the source as mutated, the
+    mutated copy (for the diffs), the verdicts and the log."""
+    path = MODULES[name].path
+    return [Path(name) / rel for rel in ("pyproject.toml", path, f"mutants/{path}", f"mutants/{path}.meta", "mutmut.log")]
+
+
+def bundle(modules: list[str], out: Path) -> None:
+    """Pack the modules' verdicts into `out` (a .tar.gz) to write the report on another machine."""
+    import tarfile
+
+    with tarfile.open(out, "w:gz") as tar:
+        for name in modules:
+            for rel in _verdict_files(name):
+                if (WORK / rel).exists():
+                    tar.add(WORK / rel, arcname=str(rel))
+    print(f"bundle: {out}")
+
+
+def unbundle(archive: Path) -> list[str]:
+    """Unpack a bundle into runs/mutation/ (replacing those modules' workspaces); the modules in it."""
+    import tarfile
+
+    with tarfile.open(archive) as tar:
+        members = tar.getmembers()
+        names = sorted({Path(m.name).parts[0] for m in members if Path(m.name).parts[0] in MODULES})
+        for name in names:
+            shutil.rmtree(WORK / name, ignore_errors=True)
+        tar.extractall(WORK, members=[m for m in members if Path(m.name).parts[0] in MODULES and m.isfile()], filter="data")
+    return names
 
 
 def _classified(module: str, mutant: str, diff: str) -> bool:
@@ -758,7 +799,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", type=Path, default=WORK / "report.md", help="where to write the markdown report")
     parser.add_argument("--report-only", action="store_true", help="write the report from the last runs, run nothing")
     parser.add_argument("--list", action="store_true", help="list the modules and their tests")
+    parser.add_argument("--jobs", type=int, default=1, help="mutants run at once per module (default 1: the 2-core machine)")
+    parser.add_argument("--bundle", type=Path, help="after the runs, pack the modules' verdicts into this .tar.gz (to report elsewhere)")
+    parser.add_argument("--unbundle", type=Path, help="unpack a bundle into runs/mutation/ and write the report from it; run nothing")
     args = parser.parse_args(argv)
+    if args.unbundle:
+        report(unbundle(args.unbundle) if not args.modules else args.modules, args.report)
+        return 0
+    if args.jobs < 1:
+        parser.error(f"--jobs must be >= 1, got {args.jobs}")
     if args.list:
         for name, t in MODULES.items():
             print(f"{name:22s} {t.path:38s} {' '.join(t.tests)}")
@@ -769,8 +818,10 @@ def main(argv: list[str] | None = None) -> int:
     modules = args.modules or list(MODULES)
     if not args.report_only:
         for name in modules:
-            _run(name, MODULES[name], args.survivors)
+            _run(name, MODULES[name], args.survivors, args.jobs)
     report([m for m in MODULES if (WORK / m).exists()] if args.report_only and not args.modules else modules, args.report)
+    if args.bundle:
+        bundle(modules, args.bundle)
     return 0
 
 

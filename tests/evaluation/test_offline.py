@@ -246,6 +246,51 @@ def test_beam_search_closes_only_an_eos_among_the_first_k_ranks():
     assert [h.score for h in hyps] == pytest.approx([math.log(0.5 * 0.5), math.log(0.5 * 0.45 * 0.4)])
 
 
+def _hand_lm(rows: dict) -> TreeLM:
+    """A TreeLM with the next-token probabilities of the given prefixes written out (0 = never)."""
+    lm = TreeLM(5, seed=1)  # tokens a=0, b=1, c=2, d=3 and EOS = 4
+    for prefix, p in rows.items():
+        lm.memo[prefix] = torch.tensor(p).log()
+    return lm
+
+
+def test_beam_search_with_a_negative_penalty_keeps_a_beam_that_can_still_win():
+    """Penalty -1 (score = log-prob * length): at the second step the closed [] scores log .45 and [a] +
+    EOS scores 2 log(.5 * .29) = -3.86; the live [a, c] (log .35) can still close at length 3
+    and beat it, so the search must go on (a bound taken at the cap length, 10 tokens, would
+    stop here), and [a, c] + EOS = 3 log(.35 * .99) = -3.18 replaces [a] + EOS."""
+    lm = _hand_lm({(): [0.5, 0.04, 0.005, 0.005, 0.45], (0,): [0.0025, 0.0025, 0.7, 0.005, 0.29],
+                   (0, 2): [0.0025] * 4 + [0.99]})
+    hyps = lm.search(eos_token_id=4, max_new_tokens=10, num_beams=2, length_penalty=-1.0)
+    assert [(h.ids, h.finished) for h in hyps] == [([], True), ([0, 2], True)]
+    assert [h.score for h in hyps] == pytest.approx([math.log(0.45), 3 * math.log(0.5 * 0.7 * 0.99)])
+
+
+def test_beam_search_with_a_negative_penalty_closes_a_live_beam_at_the_cap():
+    """Penalty -1, cap 2: at the last step [a] + EOS scores 2 log(.5 * .45) = -2.98 and the live
+    [a, c] closes unfinished at length 2 with 2 log(.25) = -2.77, better: the bound at the last
+    step is the live beam's own length (it closes as it is), not one more."""
+    lm = _hand_lm({(): [0.5, 0.04, 0.005, 0.005, 0.45], (0,): [0.0025, 0.0025, 0.5, 0.045, 0.45]})
+    hyps = lm.search(eos_token_id=4, max_new_tokens=2, num_beams=2, length_penalty=-1.0)
+    assert [(h.ids, h.finished) for h in hyps] == [([], True), ([0, 2], False)]
+    assert [h.score for h in hyps] == pytest.approx([math.log(0.45), 2 * math.log(0.25)])
+
+
+def test_beam_search_pads_with_copies_of_a_live_beam_when_few_tokens_are_possible():
+    """A model that gives all but two tokens zero probability (a constrained vocabulary): after
+    the first step one beam lives, [7]; the second row of the batch is a dead copy of live beam
+    0 (a row of the batch, not token 7's number), and the search goes on from [7]."""
+    lm = TreeLM(10, seed=2)  # EOS = 9
+    first = torch.zeros(10)
+    first[7], first[9] = 0.6, 0.4
+    after = torch.zeros(10)
+    after[3], after[9] = 0.1, 0.9
+    lm.memo[()], lm.memo[(7,)] = first.log(), after.log()
+    hyps = lm.search(eos_token_id=9, max_new_tokens=3, num_beams=2)
+    assert [(h.ids, h.finished) for h in hyps] == [([7], True), ([], True)]
+    assert [h.score for h in hyps] == pytest.approx([math.log(0.6 * 0.9) / 2, math.log(0.4)])
+
+
 def test_beam_search_settings_are_checked():
     lm = MarkovLM(torch.randn(4, 4))
     assert len(lm.search(0, eos_token_id=3, max_new_tokens=2, num_beams=1)) == 1  # one beam is greedy search

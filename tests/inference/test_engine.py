@@ -242,6 +242,27 @@ def test_greedy_and_beam_search_on_both_llm_paths(tiny_tokenizer, static):
         assert h.logprob == pytest.approx(e.logprob, abs=1e-4) and h.score == pytest.approx(e.score, abs=1e-4)
 
 
+def test_beam_search_scores_with_the_given_penalty_and_closes_at_the_processors_eos(tiny_tokenizer):
+    """Engine.beam_search scores a hypothesis log-prob / length ** penalty (length with EOS), with
+    the penalty it is given and 1.0 by default, and closes hypotheses at the processor's EOS."""
+    from streammind.evaluation.answering import encode_prompt
+
+    model, processor = make_tiny(tiny_tokenizer)
+    embeds = encode_prompt(model, processor, random_frames(4, seed=12), "What happens?")
+    engine = Engine(model, processor)
+    for kwargs, penalty in [({}, 1.0), ({"length_penalty": 0.5}, 0.5), ({"length_penalty": 2.0}, 2.0)]:
+        hyps = engine.beam_search(embeds, max_new_tokens=4, num_beams=3, **kwargs)
+        lengths = [len(h.ids) + h.finished for h in hyps]
+        assert max(lengths) > 1
+        assert [h.score for h in hyps] == pytest.approx([h.logprob / n**penalty for h, n in zip(hyps, lengths)], rel=1e-6)
+    # One new token, with the greedy one as EOS: the best hypothesis is the empty reply, closed
+    # (every other one is a less likely single token, closed at the cap).
+    first = engine.generate(embeds, max_new_tokens=1)[0]
+    processor.eos_token_id = first
+    hyps = engine.beam_search(embeds, max_new_tokens=1, num_beams=3)
+    assert [(h.ids, h.finished) for h in hyps][0] == ([], True) and all(len(h.ids) == 1 and not h.finished for h in hyps[1:])
+
+
 def test_push_clip_keeps_the_newest_turn_frames_and_works_in_any_slot(tiny_tokenizer):
     """Chunks longer than the turn memory keep its newest max_turn_frames tokens (the parallel
     path's tokens), across chunks too, in a stream's own slot (not slot 0)."""
