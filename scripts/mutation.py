@@ -641,8 +641,10 @@ def _run(name: str, target: Target, survivors_only: bool, jobs: int = 1) -> None
         # CPU-only); a mutant that no test reached is re-run with its whole function (a glob):
         # mutmut looks a single named mutant's tests up without a default.
         names = []
-        for k, v in _results(ws, target).items():
-            if v in _SURVIVED and _classified(name, k, _diff(ws, k, target.path)):
+        results = _results(ws, target)
+        diffs = _diffs(ws, [k for k, v in results.items() if v in _SURVIVED], target.path)
+        for k, v in results.items():
+            if v in _SURVIVED and _classified(name, k, diffs[k]):
                 continue
             if v in _SURVIVED:
                 names.append(k)
@@ -703,13 +705,20 @@ def _classified(module: str, mutant: str, diff: str) -> bool:
     return any(r.matches(mutant, diff) for r in EQUIVALENT.get(module, [])) or _device_only(diff)
 
 
-def _diff(ws: Path, mutant: str, path: str) -> str:
+def _diffs(ws: Path, mutants: list[str], path: str) -> dict[str, str]:
+    """The diff of each mutant, computed in one process inside the workspace (mutmut reads its
+    table and the mutated file from the current directory)."""
+    if not mutants:
+        return {}
     code = (
-        "import sys; from pathlib import Path; from mutmut.mutation.diff_apply import get_diff_for_mutant;"
-        "print(get_diff_for_mutant(sys.argv[1], path=Path(sys.argv[2])))"
+        "import json, sys; from pathlib import Path; from mutmut.mutation.diff_apply import get_diff_for_mutant;"
+        "names = json.loads(sys.stdin.read());"
+        "print(json.dumps({n: get_diff_for_mutant(n, path=Path(sys.argv[1])) for n in names}))"
     )
-    out = subprocess.run([sys.executable, "-c", code, mutant, path], cwd=ws, capture_output=True, text=True)
-    return out.stdout.strip() or out.stderr.strip()
+    out = subprocess.run([sys.executable, "-c", code, path], cwd=ws, input=json.dumps(mutants), capture_output=True, text=True)
+    if out.returncode != 0:
+        return {k: out.stderr.strip() for k in mutants}
+    return {k: v.strip() for k, v in json.loads(out.stdout).items()}
 
 
 def _commit() -> str:
@@ -729,7 +738,7 @@ def report(modules: list[str], out: Path) -> float | None:
             continue
         killed = [k for k, v in codes.items() if v in _KILLED]
         not_run = [k for k, v in codes.items() if v is None]  # a run stopped before reaching them
-        diffs = {k: _diff(ws, k, target.path) for k, v in codes.items() if v not in _KILLED and v is not None}
+        diffs = _diffs(ws, [k for k, v in codes.items() if v not in _KILLED and v is not None], target.path)
         reasons, cpu_reasons = {}, {}
         used = set()
         for k in diffs:

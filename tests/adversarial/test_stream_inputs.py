@@ -202,8 +202,10 @@ def test_ctrl_c_stops_a_source_that_never_answers(model_dir, silent_server, tmp_
         time.sleep(0.3)
         interrupted = time.monotonic()
         process.send_signal(signal.SIGINT)
-        _, err = process.communicate(timeout=10)
-        assert time.monotonic() - interrupted < 5
+        # Without the interrupt the command would wait out its 60 s timeouts; the bound leaves room
+        # for a loaded machine (the interpreter's exit with torch loaded takes seconds there).
+        _, err = process.communicate(timeout=45)
+        assert time.monotonic() - interrupted < 30
     finally:
         if process.poll() is None:
             process.kill()
