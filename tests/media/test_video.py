@@ -104,6 +104,9 @@ def test_ceil_to_grid_and_its_tolerance():
     assert ceil_to_grid(1266.966967, 29.97) == 37971 / 29.97  # a time written to the microsecond is its slot
     assert ceil_to_grid(0.5 + 1e-6, 2.0) == 1.0  # a microsecond past a slot is the next slot
     assert ceil_to_grid(3600.0 + 1e-5, 2.0) == 3600.5  # 10 us after an hour too (the slack is 1e-9 of the time: 3.6 us)
+    # Below one slot (|t * fps| < 1) the slack is 1e-9 of a slot, not less, not more: 1.5e-9 slots past
+    # a slot is the next one, 0.5e-9 is that slot (near 0 and near 1 alike).
+    assert [ceil_to_grid(t, 1.0) for t in (0.5e-9, 1.5e-9, 1.0 + 0.5e-9, 1.0 + 1.5e-9)] == [0.0, 1.0, 1.0, 2.0]
 
 
 # --------------------------------------------------------------------------- real clips
@@ -294,6 +297,13 @@ def test_broken_frames_are_skipped_and_counted(tmp_path, caplog, backend):
     # Away from the damage (frames 10-12, and for decord the GOP around them) nothing changes.
     good = read_video(clean, fps=2.0, backend=backend)
     assert _frame_numbers(clip.frames[-4:]) == _frame_numbers(good.frames[-4:])
+    # read_video's warnings name the file: the first skip as it happens, then the total.
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="streammind.media.video"):
+        again = read_video(broken, fps=2.0, backend=backend)
+    messages = [r.getMessage() for r in caplog.records]
+    assert f"{broken}: skipped {again.skipped} undecodable packets/frames" in messages
+    assert any(m.startswith(f"{broken}: skipping undecodable data") for m in messages)
 
 
 def _rotate_90(src: Path, dst: Path) -> Path:
@@ -497,6 +507,35 @@ def test_decord_pick_replaces_a_broken_frame_by_the_last_good_one_before_it(monk
     assert _decord_picks({1}, [0.1])[0] == [(0.1, 0.0, 0)]
 
 
+@pytest.mark.skipif(not HAS_DECORD, reason="decord not installed")
+def test_decord_pick_tries_and_counts_each_broken_frame_once():
+    """Frames 4-9 broken, grid 0.3, 0.6, 0.9: 0.6 searches 5, 4 (down to frame 3, shown before),
+    0.9 searches only 8, 7 (not again 6 and below: 6 was selected for 0.6, 5 and 4 tried then).
+    Every grid time shows frame 3, and each of the six broken frames counts one skip."""
+    picked, singles, counts = _decord_picks(set(range(4, 10)), [0.3, 0.6, 0.9])
+    assert picked == [(0.3, 0.3, 3), (0.6, 0.3, 3), (0.9, 0.3, 3)]
+    # The batch [3, 6, 9] fails, then one by one; each searched frame: its batch of one, then its retry.
+    assert singles == [3, 6, 9, 5, 5, 4, 4, 8, 8, 7, 7]
+    assert counts == (6, 0)
+
+
+@pytest.mark.skipif(not HAS_DECORD, reason="decord not installed")
+def test_decord_read_video_warns_and_fails_naming_the_file(monkeypatch, caplog):
+    """read_video on the decord path (the fake reader's index): the skip summary and the error
+    when no frame decodes name the file that was asked for."""
+    reader = _FakeDecordReader(range(20))
+    info = video.VideoInfo("clip.mp4", 10.0, 20, 2.0, 1, 1, "decord")
+    monkeypatch.setattr(video, "_index", lambda path, backend: video._Index(np.arange(20) / 10, 2.0, info, reader))
+    with pytest.raises(VideoDecodeError, match=r"^clip\.mp4: no frame could be decoded$"):
+        read_video("clip.mp4", fps=2.0, backend="decord")
+    reader.broken = {2, 4}  # grid 0.0, 0.2, ..., 0.8: frames 2 and 4 are replaced by 1 and 3
+    with caplog.at_level(logging.WARNING, logger="streammind.media.video"):
+        clip = read_video("clip.mp4", fps=5.0, end=1.0, backend="decord")
+    assert [int(f[0, 0, 0]) for f in clip.frames] == [0, 1, 3, 6, 8] and clip.skipped == 2
+    np.testing.assert_array_equal(clip.frame_pts, [0.0, 0.1, 0.3, 0.6, 0.8])
+    assert "clip.mp4: skipped 2 undecodable packets/frames" in [r.getMessage() for r in caplog.records]
+
+
 def test_follow_grid_holds_the_last_frame_shown():
     """(pts, end, payload) frames in; each grid time gets the last frame with pts <= t (a frame
     within 1 us after t counts as at t); times before the first frame are dropped and counted;
@@ -550,3 +589,103 @@ def test_pyav_window_seeks_once_to_the_keyframe_before_it(clips, caplog, monkeyp
     np.testing.assert_array_equal(clip.frame_pts, [float(Fraction(i, 7)) for i in expected])
     assert first_decoded == [float(Fraction(keyframe, 7))]  # one pass, from the keyframe
     assert not any("seek overshot" in r.getMessage() for r in caplog.records)
+
+
+class _FakeAvFrame:
+    """A decoded PyAV frame: 1x1, value i, no rotation."""
+
+    rotation = 0
+
+    def __init__(self, i):
+        self.i = i
+
+    def to_ndarray(self, format):
+        assert format == "rgb24"
+        return np.full((1, 1, 3), self.i, dtype=np.uint8)
+
+
+class _FakePyAV:
+    """PyAV under _pyav_read: 20 frames, frame i at i/10 s (until (i+1)/10 s) and of value i, in a
+    1 ms time base whose first frame is at tick `start_time`. A seek makes decoding start at frame
+    `land` (the keyframe FFmpeg would reach); frames in `broken` are skipped by the decoder.
+    `calls` records ("open", path), ("seek", target, backward, any_frame) and
+    ("decode", first frame, origin, source), in order."""
+
+    def __init__(self, monkeypatch, start_time=500, land=0, broken=()):
+        self.start_time, self.land, self.broken, self.calls = start_time, land, set(broken), []
+        monkeypatch.setattr(video, "_pyav_open", self.open)
+        monkeypatch.setattr(video, "_pyav_frames", self.frames)
+
+    def open(self, path):
+        self.calls.append(("open", path))
+        fake = self
+
+        class Container:
+            first = 0
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                return False
+
+            def seek(self, target, stream=None, backward=False, any_frame=False):
+                fake.calls.append(("seek", target, backward, any_frame))
+                self.first = fake.land
+
+        stream = type("Stream", (), {"time_base": Fraction(1, 1000), "start_time": self.start_time})()
+        return Container(), stream
+
+    def frames(self, container, stream, origin, stats, source):
+        self.calls.append(("decode", container.first, origin, source))
+        for i in range(container.first, 20):
+            if i in self.broken:
+                video._warn_skip(stats, source, f"frame {i}")
+                continue
+            yield i / 10, (i + 1) / 10, _FakeAvFrame(i)
+
+
+def _pyav_read_fake(times):
+    index = video._Index(pts=np.arange(20) / 10, duration_s=2.0, info=None)
+    clip = video._pyav_read("clip.mp4", index, np.array(times))
+    return clip.times.tolist(), clip.frame_pts.tolist(), [int(f[0, 0, 0]) for f in clip.frames], clip.skipped
+
+
+def test_pyav_read_seeks_to_the_window_start_in_stream_ticks(monkeypatch):
+    """The seek target is the window start in stream ticks plus the stream's start_time (1.0 s at
+    1 ms ticks from tick 500: 1500), backward to a keyframe; decoding starts there with the
+    stream's start_time as origin, and the grid takes its frames from that one pass."""
+    av_ = _FakePyAV(monkeypatch, start_time=500, land=10)
+    assert _pyav_read_fake([1.0, 1.25, 1.5]) == ([1.0, 1.25, 1.5], [1.0, 1.2, 1.5], [10, 12, 15], 0)
+    assert av_.calls == [("open", "clip.mp4"), ("seek", 1500, True, False), ("decode", 10, 500, "clip.mp4")]
+    av_ = _FakePyAV(monkeypatch, start_time=None, land=5)  # no start_time in the container: ticks from 0
+    assert _pyav_read_fake([0.75]) == ([0.75], [0.7], [7], 0)
+    assert av_.calls == [("open", "clip.mp4"), ("seek", 750, True, False), ("decode", 5, None, "clip.mp4")]
+
+
+@pytest.mark.parametrize("land", [12, 20], ids=["past-the-start", "past-the-end"])
+def test_pyav_read_decodes_from_the_beginning_when_the_seek_overshoots(monkeypatch, land):
+    """A seek that lands after the window start (first frame 1.2 s for a 1.0 s start, or nothing
+    left to decode) gives up that pass and decodes the file again from its first frame, without
+    seeking: the clip is the one a correct seek gives, and the first pass's counts are dropped."""
+    av_ = _FakePyAV(monkeypatch, start_time=500, land=land, broken={19})
+    assert _pyav_read_fake([1.0, 1.5]) == ([1.0, 1.5], [1.0, 1.5], [10, 15], 0)
+    assert av_.calls == [
+        ("open", "clip.mp4"), ("seek", 1500, True, False), ("decode", land, 500, "clip.mp4"),
+        ("open", "clip.mp4"), ("decode", 0, 500, "clip.mp4"),
+    ]
+
+
+def test_pyav_read_drops_times_before_the_first_good_frame_and_names_the_file(monkeypatch, caplog):
+    """Decoding from the start with frames 0-6 broken: grid times 0.0 and 0.5 come before any frame
+    and are dropped, 1.0 gets frame 10; the warnings name the file. With no frame at all the read
+    fails with a VideoDecodeError naming the file."""
+    _FakePyAV(monkeypatch, broken=range(7))
+    with caplog.at_level(logging.WARNING, logger="streammind.media.video"):
+        assert _pyav_read_fake([0.0, 0.5, 1.0]) == ([1.0], [1.0], [10], 7)
+    messages = [r.getMessage() for r in caplog.records]
+    assert "clip.mp4: skipped 7 undecodable packets/frames" in messages
+    assert "clip.mp4: 2 grid times precede the first decodable frame and were dropped" in messages
+    _FakePyAV(monkeypatch, broken=range(20))
+    with pytest.raises(VideoDecodeError, match=r"^clip\.mp4: no frame could be decoded$"):
+        _pyav_read_fake([0.0, 0.5])
