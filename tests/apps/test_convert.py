@@ -380,3 +380,43 @@ def test_original_gate_config_is_the_released_one(tmp_path, base_tokenizer):
     assert gate.sliding_window is None  # the released gate attends its whole window
     assert (gate.num_attention_heads, gate.num_key_value_heads, gate.head_dim, gate.vocab_size) == (4, 2, 8, 2)
     assert (gate.hidden_act, gate.rms_norm_eps, gate.max_position_embeddings) == ("silu", 1e-6, 131072)
+
+
+def test_original_sizes_are_read_from_the_shapes_alone():
+    """EPFE sizes come from the tensors: d_state and the mixer width from A_log [d_inner, N],
+    d_conv from conv1d [d_inner, 1, W], dt_rank from dt_proj [d_inner, R], expand = d_inner /
+    the pre-net's output width; the gate's sizes from its embedding, MLP, k_proj and layer count.
+    All chosen off the defaults (expand 3, not 2)."""
+    gate = CLS
+    shapes = {
+        MIXER + "A_log": (48, 5),
+        MIXER + "conv1d.weight": (48, 1, 6),
+        MIXER + "dt_proj.weight": (48, 7),
+        PROJECTOR_PREFIX + "pre_net.fc.weight": (16, 40),
+        PROJECTOR_PREFIX + "pre_net.fc.bias": (16,),
+        gate + "model.embed_tokens.weight": (2, 32),
+        gate + "model.layers.0.mlp.gate_proj.weight": (40, 32),
+        gate + "model.layers.0.self_attn.k_proj.weight": (16, 32),
+        gate + "model.layers.1.self_attn.k_proj.weight": (16, 32),
+        gate + "model.layers.2.self_attn.k_proj.weight": (16, 32),
+    }
+    perception, gate_config = convert._original_sizes(shapes, gate_heads=4)
+    assert perception == {"perception_d_state": 5, "perception_d_conv": 6, "perception_expand": 3, "perception_dt_rank": 7}
+    assert (gate_config.vocab_size, gate_config.hidden_size, gate_config.intermediate_size, gate_config.num_hidden_layers) == (2, 32, 40, 3)
+    assert (gate_config.num_attention_heads, gate_config.head_dim, gate_config.num_key_value_heads) == (4, 8, 2)
+
+
+def test_two_source_keys_for_one_target_are_listed_as_mapped_twice():
+    """The first key to reach a target takes it; every later one is listed as `key -> target`,
+    sorted, under one "mapped twice" problem (with the missing targets reported alongside)."""
+    target = {"w": torch.zeros(2), "v": torch.zeros(3)}
+    shapes = {"a": (2,), "c": (2,), "b": (2,)}
+    with pytest.raises(ConversionError) as exc:
+        convert._plan(shapes, lambda key: "w", target, required={"w", "v"}, ignore=lambda key: None)
+    assert str(exc.value) == (
+        "cannot convert the checkpoint:\n"
+        "  1 target parameter(s) with no source tensor: v\n"
+        "  2 target(s) mapped twice: b -> w, c -> w"
+    )
+    plan = convert._plan({"a": (2,)}, lambda key: "w", target, required={"w"}, ignore=lambda key: None)
+    assert plan.mapping == {"a": "w"}

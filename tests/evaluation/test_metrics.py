@@ -395,6 +395,73 @@ def test_turn_rejects_mismatched_token_lists():
         score_teacher_forced_turn(TeacherForcedTurn(decisions=[T]), fps=0.0)
 
 
+def _record_a() -> dict:
+    """Six turns of every kind at 2 fps (frame diffs, early / on time / late by hand):
+    no frames (language only), early by 1, on time, on time in one frame, late by 2 (found in
+    the following frames), silent last turn (late although its frame diff is 0)."""
+    return _record([
+        {"token_logprobs": [0.0], "token_correct": [T]},  # not timed; PPL 1, accuracy 1
+        {"decisions": [F, T, F], "token_logprobs": [math.log(0.5)] * 2, "token_correct": [T, F]},  # +1 early
+        {"decisions": [F, F, T]},  # 0, on time
+        {"decisions": [T]},  # 0, on time
+        {"decisions": [F, F, F], "following_decisions": [F, T]},  # -2, late
+        {"decisions": [F, F]},  # 0 but silent: late
+    ])
+
+
+def test_record_scores_by_value_with_every_timing_kind():
+    """`score_teacher_forced_record` returns exactly these keys; `id` is the annotation's id (its
+    video when it has none); a turn without frames is skipped (not the end of the scan); every
+    timed turn adds one to its kind: early (diff > 0), on time (diff 0 with a respond decision),
+    late (no respond decision in the turn, whatever its diff); the late diff reads the record's
+    following decisions; token accuracy is the mean over turns with reply tokens."""
+    reference = StreamAnnotation(video="a.mp4", query="q", turns=[], id="clip-7")
+    scores = score_teacher_forced_record(prediction=_record_a(), reference=reference)
+    assert list(scores) == [
+        "id", "video", "fps", "threshold", "lm_ppl", "time_diff", "fluency", "lm_correctness",
+        "num_turns", "num_timed_turns", "num_lm_turns", "defaulted", "token_accuracy", "frame_diffs", "timing",
+    ]
+    assert (scores["id"], scores["video"], scores["fps"], scores["threshold"]) == ("clip-7", "a.mp4", 2.0, 0.5)
+    assert scores["frame_diffs"] == [1, 0, 0, -2, 0]
+    assert scores["timing"] == {"early": 1, "on_time": 2, "late": 2}
+    assert scores["token_accuracy"] == pytest.approx((1.0 + 0.5) / 2)
+    assert scores["lm_ppl"] == pytest.approx((1.0 + 2.0) / 2)
+    assert scores["time_diff"] == pytest.approx((0.5 + 0 + 0 + 1.0 + 0) / 5)  # |diff| / fps
+    assert scores["fluency"] == pytest.approx((3 - 1) / (3 + 2))  # the only turn with frames and tokens
+    assert scores["lm_correctness"] == pytest.approx((1.0 + 0.5) / 2)
+    assert (scores["num_turns"], scores["num_timed_turns"], scores["num_lm_turns"], scores["defaulted"]) == (6, 5, 2, [])
+    unnamed = StreamAnnotation(video="b.mp4", query="q", turns=[])
+    assert score_teacher_forced_record(prediction=_record([]), reference=unnamed)["id"] == "b.mp4"
+
+
+def test_aggregate_teacher_forced_extra_settings_and_per_video_by_value():
+    """The dataset summary has exactly five keys; settings hold the one fps / threshold of every
+    record or their sorted list when records differ (None without records); "extra" sums the
+    timing counts over records and means the signed frame diffs over all timed turns and the
+    token accuracy over records that have one (None when nothing defines them); "per_video"
+    is the records, in order."""
+    first = score_teacher_forced_record(prediction=_record_a(), reference=StreamAnnotation(video="a.mp4", query="q", turns=[]))
+    second_record = {**_record([{"decisions": [F, T], "token_logprobs": [0.0], "token_correct": [F]}]), "fps": 1.0}
+    second = score_teacher_forced_record(prediction=second_record, reference=StreamAnnotation(video="b.mp4", query="q", turns=[]))
+    untimed = score_teacher_forced_record(prediction=_record([]), reference=StreamAnnotation(video="c.mp4", query="q", turns=[]))
+    result = aggregate_teacher_forced([first, second, untimed])
+    assert list(result) == ["protocol", "settings", "aggregate", "extra", "per_video"]
+    assert result["settings"] == {"fps": [1.0, 2.0], "threshold": 0.5}
+    extra = result["extra"]
+    assert list(extra) == ["turns_early", "turns_on_time", "turns_late", "mean_signed_frame_diff", "token_accuracy"]
+    assert (extra["turns_early"], extra["turns_on_time"], extra["turns_late"]) == (1, 3, 2)
+    assert extra["mean_signed_frame_diff"] == pytest.approx((1 + 0 + 0 - 2 + 0 + 0) / 6)
+    assert extra["token_accuracy"] == pytest.approx((0.75 + 0.0) / 2)  # the untimed record has none
+    assert result["per_video"] == [first, second, untimed]
+    assert aggregate_teacher_forced([first, first])["settings"] == {"fps": 2.0, "threshold": 0.5}
+    assert aggregate_teacher_forced([untimed])["extra"] == {
+        "turns_early": 0, "turns_on_time": 0, "turns_late": 0, "mean_signed_frame_diff": None, "token_accuracy": None,
+    }
+    empty = aggregate_teacher_forced([])
+    assert empty["settings"] == {"fps": None, "threshold": None} and empty["per_video"] == []
+    assert empty["extra"] == {"turns_early": 0, "turns_on_time": 0, "turns_late": 0, "mean_signed_frame_diff": None, "token_accuracy": None}
+
+
 # ---------------------------------------------------------------------------------------
 # Caption metrics
 # ---------------------------------------------------------------------------------------

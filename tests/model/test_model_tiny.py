@@ -244,3 +244,58 @@ def test_gate_labels_need_the_collator_s_layout(tiny):
     del batch["gate_segment_sample"], batch["gate_segment_frames"]
     with pytest.raises(ValueError, match="StreamCollator"):
         model(**batch)
+
+
+def test_perception_temporal_none_maps_each_frame_alone(tiny_tokenizer):
+    """`perception_temporal="none"` (the ablation without the Mamba block) reaches the
+    perception encoder: there is no block, and each token is
+    post_proj(LeakyReLU(norm_f(LeakyReLU(pre_proj(x))))) of its own frame's features, by hand."""
+    model, _ = make_tiny(tiny_tokenizer, perception_temporal="none")
+    enc = model.perception
+    assert enc.block is None and enc.d_inner == 0
+    g = torch.Generator().manual_seed(3)
+    features = torch.randn(2, 4, model.config.vision_dim, generator=g)
+    with torch.no_grad():
+        tokens = model.get_perception_tokens(frame_features=features)
+        F, slope = torch.nn.functional, enc.leaky_relu_slope
+        h = F.leaky_relu(features @ enc.pre_proj.weight.T + enc.pre_proj.bias, slope)
+        h = F.layer_norm(h, (model.config.hidden_size,), enc.norm_f.weight, enc.norm_f.bias, enc.norm_f.eps)
+        expected = F.leaky_relu(h, slope) @ enc.post_proj.weight.T + enc.post_proj.bias
+        last_alone = model.get_perception_tokens(frame_features=features[:, 3:])
+    assert torch.allclose(tokens, expected, atol=1e-5)
+    assert torch.allclose(tokens[:, 3:], last_alone, atol=1e-6)  # no state carried from earlier frames
+
+
+def test_per_frame_gate_ignores_any_prompt(tiny_tokenizer):
+    """In per-frame mode the gate sees one perception token and nothing else, even when a batch
+    carries prompt ids: both `forward` (with the collator's layout) and `gate_logits` give, at
+    every real frame, the logits of the gate run on that frame's token alone, and zeros on
+    padding frames. (In query mode the same prompt does change the logits.)"""
+    from streammind.gate import gate_layout
+
+    model, processor = make_tiny(tiny_tokenizer, gate_mode="per_frame")
+    assert model.config.gate_context_window == 1 and processor.encode_gate_prompt("anything") == []
+    tok = processor.tokenizer
+    prompts = [[processor.bos_token_id] + tok.encode(q, add_special_tokens=False)
+               for q in ("Tell me when a shape appears.", "Tell me when something changes colour.")]
+    L = max(map(len, prompts))
+    prompt_ids = torch.tensor([p + [processor.pad_token_id] * (L - len(p)) for p in prompts])
+    prompt_mask = torch.tensor([[1] * len(p) + [0] * (L - len(p)) for p in prompts])
+    frame_mask = torch.tensor([[True] * 5, [True] * 3 + [False] * 2])
+    gate_labels = torch.tensor([[0, 1, 0, 0, 1], [0, 0, 1, -100, -100]])
+    layout = gate_layout(frame_mask, gate_labels == 1, model.config.gate_context_window)
+    assert layout.frames.shape == (8, 1)  # one segment per real frame
+    g = torch.Generator().manual_seed(4)
+    features = torch.randn(2, 5, model.config.vision_dim, generator=g)
+    with torch.no_grad():
+        out = model(frame_features=features, frame_mask=frame_mask, gate_labels=gate_labels, gate_prompt_ids=prompt_ids,
+                    gate_prompt_mask=prompt_mask, gate_segment_sample=layout.sample, gate_segment_frames=layout.frames)
+        tokens = out.perception_tokens
+        alone = torch.zeros(2, 5, 2)
+        for b, t in frame_mask.nonzero().tolist():
+            alone[b, t] = model.gate(tokens[b, t][None, None])[0, 0]
+        evaluated = model.gate_logits(tokens, frame_mask, None, prompt_ids, prompt_mask)
+        with_prompt = model.gate.frame_logits(tokens, layout, prompt_ids, prompt_mask)
+    assert torch.allclose(out.gate_logits, alone, atol=1e-5)
+    assert torch.allclose(evaluated, alone, atol=1e-5)
+    assert not torch.allclose(with_prompt[frame_mask], alone[frame_mask], atol=1e-3)

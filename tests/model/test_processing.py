@@ -218,3 +218,17 @@ def test_from_pretrained_prefers_the_given_config(tiny_tokenizer, tmp_path):
     loaded = StreamMindProcessor.from_pretrained(tmp_path, config=other)
     assert loaded.config.system_prompt == "OTHER"
     assert "OTHER" in tiny_tokenizer.decode(loaded.encode_gate_prompt("q"))
+
+
+def test_preprocess_frames_is_the_config_s_frame_processor_on_the_given_device(tiny_tokenizer):
+    """`preprocess_frames` gives exactly what the config's `FrameProcessor` gives (size, mean,
+    std, mode), computed where the caller says: on "meta" the result is a meta tensor of the
+    same shape, not a CPU one."""
+    proc = _processor(tiny_tokenizer)
+    S = proc.config.vision_config.image_size
+    frames = np.random.default_rng(1).integers(0, 256, size=(3, 20, 28, 3), dtype=np.uint8)
+    expected = FrameProcessor(S, proc.config.image_mean, proc.config.image_std, proc.config.image_preprocess)(frames)
+    assert torch.equal(proc.preprocess_frames(frames), expected)
+    assert proc.preprocess_frames(frames, device="cpu").device.type == "cpu"
+    on_meta = proc.preprocess_frames(frames, device="meta")
+    assert on_meta.device.type == "meta" and on_meta.shape == (3, 3, S, S) and on_meta.dtype == torch.float32

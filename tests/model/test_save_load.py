@@ -81,3 +81,37 @@ def test_build_from_clip_and_llm_directories(tiny_tokenizer, tmp_path):
     loaded, _ = load_model(tmp_path / "out")
     assert isinstance(loaded, StreamMindForCausalLM)
     assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in model.state_dict().items())
+
+
+def test_save_pretrained_passes_its_arguments_to_transformers(tiny, tmp_path):
+    """`save_pretrained` hands its positional and keyword arguments to transformers' on the
+    atomic path: a positional `state_dict` (after `is_main_process`) and a `variant` decide what
+    lands in the directory — exactly those two tensors, in `model.v1.safetensors`."""
+    from safetensors.torch import load_file
+
+    model, _ = tiny
+    keys = ["perception.pre_proj.bias", "gate.head.weight"]
+    part = {k: model.state_dict()[k].clone() for k in keys}
+    model.save_pretrained(tmp_path / "m", True, dict(part), variant="v1")  # transformers empties the dict it gets
+    files = {p.name for p in (tmp_path / "m").iterdir()}
+    assert "config.json" in files and "model.v1.safetensors" in files and "model.safetensors" not in files
+    saved = load_file(tmp_path / "m" / "model.v1.safetensors")
+    assert sorted(saved) == sorted(keys) and all(torch.equal(saved[k], part[k]) for k in keys)
+
+
+def test_pushing_to_the_hub_keeps_the_plain_path(tiny, tmp_path, monkeypatch):
+    """With `push_to_hub` the directory name is the hub repository's: transformers' method gets
+    that very name and every argument unchanged, and no temporary directory is made."""
+    from transformers import PreTrainedModel
+
+    calls = []
+    monkeypatch.setattr(PreTrainedModel, "save_pretrained", lambda self, *args, **kwargs: calls.append((args, kwargs)))
+    model, _ = tiny
+    target = tmp_path / "user-repo"
+    model.save_pretrained(target, False, push_to_hub=True, token="t0k")
+    assert calls == [((target, False), {"push_to_hub": True, "token": "t0k"})]
+    assert list(tmp_path.iterdir()) == []
+    # Without it the save goes through a temporary directory beside the target.
+    model.save_pretrained(target, False, token="t0k")
+    (tmp_dir, *rest), kwargs = calls[1]
+    assert tmp_dir != target and tmp_dir.parent == target.parent and rest == [False] and kwargs == {"token": "t0k"}

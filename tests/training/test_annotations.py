@@ -277,3 +277,34 @@ def test_llava_items_are_named_by_index_and_id(tmp_path):
         load_llava_json(path)
     path.write_text(json.dumps([{"id": "é", "conversations": [{"from": "gpt", "value": "ü"}]}], ensure_ascii=False), encoding="utf-8")
     assert load_llava_json(path)[0].conversations[0].text == "ü"
+
+
+def test_offline_file_errors_are_annotation_errors_naming_file_and_line(tmp_path):
+    """A missing offline-sample file, a line that is not JSON and bytes that are not UTF-8 raise
+    `AnnotationError` itself (not only its `FileFormatError` base), naming ``file[:line]``."""
+    missing = tmp_path / "none.jsonl"
+    with pytest.raises(AnnotationError, match=rf"^{missing}: file not found$"):
+        load_offline_samples(missing)
+    bad = _write_lines(tmp_path / "off.jsonl", '{"conversations": [{"role": "user", "text": "t"}]}', "{not json")
+    with pytest.raises(AnnotationError, match=rf"^{bad}:2: invalid JSON"):
+        load_offline_samples(bad)
+    bad.write_bytes(b'\xff\xfe\n')
+    with pytest.raises(AnnotationError, match=rf"^{bad}:1: not UTF-8 text"):
+        load_offline_samples(bad)
+
+
+def test_integers_too_large_for_a_float_are_not_finite_times(tmp_path):
+    """JSON integers are unbounded: one beyond float range (10**400) is rejected as a time like
+    inf would be, with the usual message, for a turn's time and for start / end."""
+    huge = "1" + "0" * 400
+    for line, problem in [
+        ('{"video": "a.mp4", "query": "q", "turns": [{"time": %s, "text": "x"}]}' % huge, "turn 0: 'time' must be a finite number of seconds"),
+        ('{"video": "a.mp4", "query": "q", "turns": [], "start": %s}' % huge, "'start' must be a finite number of seconds"),
+        ('{"video": "a.mp4", "query": "q", "turns": [], "end": %s}' % huge, "'end' must be a finite number of seconds"),
+    ]:
+        path = _write_lines(tmp_path / "ann.jsonl", line)
+        with pytest.raises(AnnotationError) as err:
+            load_annotations(path)
+        assert str(err.value).startswith(f"{path}:1: ") and problem in str(err.value)
+    with pytest.raises(AnnotationError, match="'time' must be a finite number of seconds"):
+        StreamAnnotation("a.mp4", "q", [Turn(10**400, "x")])

@@ -204,3 +204,24 @@ def test_gate_loss_settings_are_typed_training_arguments(small_world, small_towe
     assert (resolved["gate_loss"], resolved["gate_class_weights"], resolved["gate_focal_gamma"]) == ("focal", [0.3, 0.7], 2.0)
     with pytest.raises(ConfigError, match="unknown gate loss 'hinge'"):
         parse_args([*argv, "--gate_loss", "hinge"])
+
+
+def test_wrong_types_name_the_setting_and_where_it_was_set(tmp_path):
+    """A value of the wrong type raises ConfigError naming where it was set (the YAML file or the
+    `--flag`), the setting, its expected type and the value."""
+    cfg = tmp_path / "stage.yaml"
+    cfg.write_text((REPO / "configs" / "tiny" / "stage1.yaml").read_text() + "seed: three\n")
+    with pytest.raises(ConfigError, match=rf"^{cfg}: seed must be an integer, got 'three'$"):
+        parse_args([str(cfg)])
+    tiny = REPO / "configs" / "tiny" / "stage1.yaml"
+    with pytest.raises(ConfigError, match=r"^--fps: fps must be a number or null, got 'fast'$"):
+        parse_args([str(tiny), "--fps", "fast"])
+
+
+def test_resolved_config_records_the_default_gate_loss():
+    """A YAML that leaves the gate loss alone still records it with the run: cross-entropy with
+    the (silent, respond) weights [0.15, 0.85] and focal gamma 2.0, as plain YAML values."""
+    _, _, args, resolved = parse_args([str(REPO / "configs" / "tiny" / "stage1.yaml")])
+    assert (resolved["gate_loss"], resolved["gate_class_weights"], resolved["gate_focal_gamma"]) == ("ce", [0.15, 0.85], 2.0)
+    assert type(resolved["gate_class_weights"]) is list
+    assert args.gate_loss_config() == GateLossConfig(kind="ce", class_weights=(0.15, 0.85), focal_gamma=2.0)
