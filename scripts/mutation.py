@@ -211,8 +211,6 @@ EQUIVALENT: dict[str, list[Equivalent]] = {
         _E("x__add_initial_state_contribution", "initial_state.to(copy=True)", "the state is fp32 by contract (PerceptionState)"),
     ],
     "modeling": [
-        _E("xǁStreamMindForCausalLMǁforward", "torch.ones(B, T, dtype=None", "a float 1.0 frame mask counts and slices like the bool one"),
-        _E("xǁStreamMindForCausalLMǁforward", "torch.ones(B, T, device", "a float 1.0 frame mask counts and slices like the bool one"),
         _E("xǁStreamMindForCausalLMǁforward", "attention_mask=None, labels", "text is right-padded: causal attention never reads the later padding, whose labels are -100"),
         _E("xǁStreamMindForCausalLMǁforward", "inputs_embeds=embeds, labels", "text is right-padded: causal attention never reads the later padding, whose labels are -100"),
         _E("xǁStreamMindForCausalLMǁforward", "use_cache=None", _UNUSED_CACHE),
@@ -220,6 +218,7 @@ EQUIVALENT: dict[str, list[Equivalent]] = {
         _E("xǁStreamMindForCausalLMǁforward", "labels=labels, )", _UNUSED_CACHE),
         _E("xǁStreamMindForCausalLMǁgate_logits", "torch.zeros(B, T, dtype=None", "a float 0 respond mask is falsy like False"),
         _E("xǁStreamMindForCausalLMǁgate_logits", "torch.zeros(B, T, device", "a float 0 respond mask is falsy like False"),
+        _E("xǁStreamMindForCausalLMǁgate_logits", "torch.zeros(B, T, )", "a float 0 respond mask is falsy like False (gate_layout takes .bool())"),
         _E("xǁStreamMindForCausalLMǁgate_logits", "torch.zeros(0, dtype=None)", "an empty prompt is never embedded (frame_logits checks numel first)"),
         _E("xǁStreamMindForCausalLMǁgate_logits", "torch.zeros(0, )", "an empty prompt is never embedded (frame_logits checks numel first)"),
         _E("xǁStreamMindForCausalLMǁget_frame_features", "chunk_size: int = 257", "chunking the tower's batch does not change its features"),

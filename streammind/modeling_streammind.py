@@ -17,7 +17,8 @@ and scatter (no re-padding, truncation or label surgery inside `forward`).
 
 Batch keys (all optional except where a loss needs them):
     pixel_values [B, T, 3, H, W] or frame_features [B, T, Dv] (a precomputed-feature cache)
-    frame_mask [B, T] bool — real frames (a prefix of each row)
+    frame_mask [B, T] bool — real frames (a prefix of each row); `forward` accepts it with the
+        batch but does not need it: turn_ends and the gate's segments already leave padding out
     input_ids, attention_mask, labels [B, S] — the dialogue (stage 1)
     turn_ends [B, K] long — end (exclusive) frame index of each turn, -1 padding (stage 1)
     gate_labels [B, T] long — 0 silent / 1 respond / -100 ignore (stage 2)
@@ -203,9 +204,6 @@ class StreamMindForCausalLM(StreamMindPreTrainedModel):
         steps itself (both losses are per-batch means), and a misspelled batch key fails.
         """
         tokens = self.get_perception_tokens(pixel_values, frame_features)  # [B, T, D]
-        B, T, _ = tokens.shape
-        if frame_mask is None:
-            frame_mask = torch.ones(B, T, dtype=torch.bool, device=tokens.device)
         out = StreamMindOutput(perception_tokens=tokens)
         losses = []
 
