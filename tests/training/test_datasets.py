@@ -83,6 +83,75 @@ def test_bad_records_raise_or_are_counted(small_world, tiny_tokenizer, tmp_path)
     assert dict(ds.skipped) == {"missing_video": 1, "undecodable_video": 1, "no_turns": 1, "turn_past_end": 1}
 
 
+def test_video_paths_that_leave_the_data_root_are_refused_unless_allowed(small_world, tiny_tokenizer, tmp_path):
+    """By default a record whose video path is absolute or climbs out of data_root with `..`
+    (after normalisation: `sub/../../x` climbs out, `sub/../x` does not) is a bad sample
+    (`outside_data_root`); with allow_outside_root=True all of them are used."""
+    import shutil
+
+    _, processor = make_tiny(tiny_tokenizer)
+    good = json.loads((small_world / "train.jsonl").read_text().splitlines()[0])
+    root = tmp_path / "root"
+    (root / "sub").mkdir(parents=True)
+    shutil.copy(small_world / good["video"], root / "ok.mp4")
+    shutil.copy(small_world / good["video"], tmp_path / "outside.mp4")
+    videos = ["ok.mp4", "../outside.mp4", str(tmp_path / "outside.mp4"), "sub/../../outside.mp4", "sub/../ok.mp4"]
+    path = _write(tmp_path / "anns.jsonl", [{**good, "video": v} for v in videos])
+    with pytest.raises(BadSample, match=r"^\.\./outside\.mp4 \(id train-0000\): video path \.\./outside\.mp4 leaves data_root") as err:
+        StreamDataset(path, root, processor)
+    assert err.value.reason == "outside_data_root"
+    skipping = StreamDataset(path, root, processor, on_error="skip")
+    assert [skipping.records[i].video for i in skipping.index] == ["ok.mp4", "sub/../ok.mp4"]
+    assert dict(skipping.skipped) == {"outside_data_root": 3}
+    allowed = StreamDataset(path, root, processor, allow_outside_root=True)
+    assert allowed.index == [0, 1, 2, 3, 4] and dict(allowed.skipped) == {}
+    assert allowed[1]["input_ids"] == allowed[0]["input_ids"]  # the same clip, read from outside the root
+
+
+def test_a_dataset_with_no_usable_record_says_why_each_was_skipped(small_world, tiny_tokenizer, tmp_path):
+    """`no_usable_records` names the annotations (the file, or "the annotation records" for
+    records passed in memory) and the skips as "reason: count" sorted by reason and joined by
+    ", "; with no record at all it says the file holds none."""
+    _, processor = make_tiny(tiny_tokenizer)
+    good = json.loads((small_world / "train.jsonl").read_text().splitlines()[0])
+    rows = [{**good, "turns": []}, {**good, "video": "missing.mp4"}, {**good, "video": "missing2.mp4"}]
+    path = _write(tmp_path / "anns.jsonl", rows)
+    skipped = "every record was skipped (missing_video: 2, no_turns: 1)"
+    for source, name in ((path, str(path)), (load_annotations(path), "the annotation records")):
+        with pytest.raises(BadSample) as err:
+            StreamDataset(source, small_world, processor, on_error="skip")
+        assert err.value.reason == "no_usable_records"
+        assert str(err.value) == f"{name}: no usable example, {skipped}"
+    with pytest.raises(BadSample) as err:
+        StreamDataset([], small_world, processor)
+    assert str(err.value) == "the annotation records: no usable example, every record was skipped (the file holds no record)"
+
+
+def test_a_windowed_clip_reads_its_own_failure_note_and_names_the_fill_command(small_world, tiny_tokenizer, tmp_path):
+    """With a feature cache, a clip of a window [start, end) that the extraction pass could not
+    decode (a note under that same window) is a bad sample with the note's reason; a note
+    under another window (the whole video) does not apply, and the clip is then missing:
+    `MissingFeatures` names the clip, its fps and window, and the command that fills the
+    cache, with `<annotations.jsonl>` standing for records passed in memory."""
+    _, processor = make_tiny(tiny_tokenizer)
+    good = load_annotations(small_world / "train.jsonl")[0]
+    record = StreamAnnotation(video=good.video, query=good.query, start=1.0, end=4.0, turns=[Turn(3.0, "Now.")])
+    cache = FeatureCache(tmp_path / "cache", "key")
+    video = str(small_world / good.video)
+    ds = StreamDataset([record], small_world, processor, feature_cache=cache)
+    cache.mark_failed(video, 2.0, None, None, "undecodable_video", "the whole video")
+    with pytest.raises(MissingFeatures) as err:
+        ds[0]
+    message = str(err.value)
+    assert message.startswith(f"{video} (fps 2, window [1.0, 4.0)) is not in the feature cache {cache.directory}; ")
+    assert (f"fill it first on the training device: streammind features <annotations.jsonl> --data-root {small_world} "
+            f"(--model <saved model> | --clip <tower>) --out {cache.root} --fps 2 ") in message
+    cache.mark_failed(video, 2.0, 1.0, 4.0, "empty_video", "no frame in the window")
+    with pytest.raises(BadSample) as err:
+        ds[0]
+    assert err.value.reason == "empty_video" and str(err.value).endswith(": no frame in the window")
+
+
 def test_feature_cache_round_trip_and_key(small_world, tiny_tokenizer, tmp_path, monkeypatch):
     model, processor = make_tiny(tiny_tokenizer)
     key = vision_cache_key(model.config, model.vision)

@@ -222,3 +222,120 @@ def test_train_fills_a_cold_cache_once_then_never_calls_the_tower(small_world, s
                             "--out", str(tmp_path / "cache"), "--device", "cpu", "--no-progress", "--summary", str(tmp_path / "f.json")])
         assert summary == 0
         assert '"cached": 6' in (tmp_path / "f.json").read_text() and '"extracted": 0' in (tmp_path / "f.json").read_text()
+
+
+def test_vision_cache_key_is_16_hex_digits_of_the_settings_in_any_field_order(tiny):
+    """The key is 16 hex digits; it covers the tower's config fields (one that changes the
+    features without changing any weight changes it), does not depend on the order the config
+    lists its fields in (a config read back from JSON or a hub may list them in another order),
+    and hashes a setting JSON cannot hold (a Path) by its text, as the same string would be."""
+    import copy
+    import re
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    model, _ = tiny
+    key = vision_cache_key(model.config, model.vision)
+    assert re.fullmatch(r"[0-9a-f]{16}", key)
+
+    fields = model.config.vision_config.to_dict()
+    assert len(fields) > 2
+
+    def key_with(vision_fields: dict) -> str:
+        config = SimpleNamespace(vision_config=SimpleNamespace(to_dict=lambda: dict(vision_fields)),
+                                 **{name: getattr(model.config, name) for name in
+                                    ("vision_feature_layer", "frame_pooling", "image_preprocess", "image_mean", "image_std")})
+        return vision_cache_key(config, model.vision)
+
+    assert key_with(fields) == key
+    assert key_with(dict(reversed(list(fields.items())))) == key  # same settings, other field order
+    assert key_with({**fields, "extra": Path("towers/clip")}) == key_with({**fields, "extra": "towers/clip"})
+    assert key_with({**fields, "extra": "towers/clip"}) != key
+
+    eps = copy.deepcopy(model.config)  # same weights, another layer-norm epsilon: other features
+    eps.vision_config.layer_norm_eps = model.config.vision_config.layer_norm_eps * 10
+    assert vision_cache_key(eps, model.vision) != key
+
+
+def _video_file(tmp_path):
+    """Any file stands for a video: the cache keys clips by the file's path, size and mtime."""
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(b"0123456789")
+    return str(video)
+
+
+def test_feature_cache_files_are_keyed_by_window_and_notes_are_replaced(tmp_path):
+    """Layout and life cycle of one clip's entry.
+
+    - the file is `root/<model key>/<d>.pt`, d the first 20 hex digits of the SHA-1 of the JSON
+      list [FORMAT, absolute path, size, integer mtime, fps, start, end];
+    - `contains`, `load`, `mark_failed` and `failure` each address the clip of their own
+      (start, end): an entry under [1, 3) is not one under [None, 3) or [1, None);
+    - frame times are stored as float64 whatever they are given as (ints, float32);
+    - a failure note can be written next to an existing entry (the directory exists), and a
+      later `store` removes it, leaving only the `.pt` file.
+    """
+    import hashlib
+    import json
+
+    import numpy as np
+
+    video = _video_file(tmp_path)
+    cache = FeatureCache(tmp_path / "cache", "abc")
+    stat = os.stat(video)
+    clip_key = json.dumps([3, os.path.abspath(video), 10, int(stat.st_mtime), 2.0, 1.0, 3.0])
+    digest = hashlib.sha1(clip_key.encode()).hexdigest()[:20]
+    assert cache.FORMAT == 3
+    assert cache.path(video, 2.0, 1.0, 3.0) == tmp_path / "cache" / "abc" / f"{digest}.pt"
+
+    features = torch.arange(6, dtype=torch.float32).reshape(2, 3)
+    cache.store(video, 2.0, 1.0, 3.0, features, [1, 2])  # integer times
+    assert cache.contains(video, 2.0, 1.0, 3.0)
+    assert not cache.contains(video, 2.0, None, 3.0) and not cache.contains(video, 2.0, 1.0, None)
+    loaded, times = cache.load(video, 2.0, 1.0, 3.0)
+    assert torch.equal(loaded, features) and times.dtype == np.float64 and times.tolist() == [1.0, 2.0]
+    cache.store(video, 2.0, 1.0, 3.0, features, np.array([1.1, 2.2], dtype=np.float32))
+    times = cache.load(video, 2.0, 1.0, 3.0)[1]
+    assert times.dtype == np.float64 and times.tolist() == np.array([1.1, 2.2], dtype=np.float32).astype(np.float64).tolist()
+
+    assert cache.failure(video, 2.0, 1.0, 3.0) is None
+    cache.mark_failed(video, 2.0, 1.0, 3.0, "undecodable_video", "moov atom not found")  # the directory exists already
+    cache.mark_failed(video, 2.0, 1.0, 3.0, "empty_video", "no frame in the window")  # a second note replaces the first
+    assert cache.failure(video, 2.0, 1.0, 3.0) == ("empty_video", "no frame in the window")
+    assert cache.failure(video, 2.0, None, 3.0) is None and cache.failure(video, 2.0, 1.0, None) is None
+    assert sorted(p.name for p in cache.directory.iterdir()) == [f"{digest}.failed", f"{digest}.pt"]
+
+    cache.store(video, 2.0, 1.0, 3.0, features, [1, 2])
+    assert cache.failure(video, 2.0, 1.0, 3.0) is None
+    assert sorted(p.name for p in cache.directory.iterdir()) == [f"{digest}.pt"]
+
+
+_UNPICKLED = []
+
+
+def _unpickled(tag):
+    """Runs if a cache file is unpickled with arbitrary code allowed."""
+    _UNPICKLED.append(tag)
+    return tag
+
+
+class _Payload:
+    def __reduce__(self):
+        return _unpickled, ("ran",)
+
+
+def test_cache_files_are_loaded_as_weights_only_even_when_the_environment_allows_more(tmp_path, monkeypatch):
+    """`load` passes weights_only=True itself: a cache file that would run code when unpickled is
+    refused, also where TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD turns torch's default off."""
+    import pickle
+
+    video = _video_file(tmp_path)
+    cache = FeatureCache(tmp_path / "cache", "abc")
+    cache.directory.mkdir(parents=True)
+    torch.save({"features": torch.zeros(1, 2), "times": torch.zeros(1, dtype=torch.float64), "payload": _Payload()},
+               cache.path(video, 2.0, None, None))
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    _UNPICKLED.clear()
+    with pytest.raises(pickle.UnpicklingError):
+        cache.load(video, 2.0, None, None)
+    assert _UNPICKLED == []
