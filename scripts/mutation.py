@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import difflib
 import fnmatch
 import json
 import os
@@ -137,7 +138,7 @@ class Equivalent:
     function's other lines change."""
 
     function: str
-    added: str
+    added: str | None  # None: any change of the line holding `removed`
     reason: str
     removed: str = ""
     cpu_only: bool = False  # not equivalent on a GPU: counted with the CPU-only mutants
@@ -147,7 +148,10 @@ class Equivalent:
         plus = [line[1:] for line in diff.splitlines() if line.startswith("+") and not line.startswith("+++")]
         minus = [line[1:] for line in diff.splitlines() if line.startswith("-") and not line.startswith("---")]
         # added="" matches a mutant that only deletes the line holding `removed`.
-        changed = (not plus) if not self.added else any(self.added in line for line in plus)
+        if self.added is None:
+            changed = bool(self.removed)
+        else:
+            changed = (not plus) if not self.added else any(self.added in line for line in plus)
         return fnmatch.fnmatchcase(function, self.function) and changed and (not self.removed or any(self.removed in line for line in minus))
 
 
@@ -157,6 +161,12 @@ _PACKED = ("position ids that restart at 0 after the left padding make transform
            "(packed sequences), so the explicit mask is redundant")
 _CACHE_FLAG = "transformers 5 updates a cache passed explicitly whatever use_cache says, and config.use_cache is True"
 _UNUSED_CACHE = "use_cache only makes the decoder also return a cache, which is dropped"
+_GRAPHS = "the CUDA-graph branch: only an engine on a GPU with graphs takes it (the GPU tests compare graphs with eager)"
+_SLICE_OR_GATHER = ("a wrong `consecutive` only sends consecutive slots down the gather path, which gives the same values "
+                    "(the tests step slots in and out of order); a slice is never taken for non-consecutive slots")
+_KERNELS = "kernels only pick compiled or as-written versions of the same layer math; without compile they are the as-written ones"
+_WIDER_SPAN = ("a wider attention span only adds cache positions not written yet, which the mask gives weight 0; "
+               "spans exist for speed (a narrower one fails: see test_greedy_decoding_across_an_attention_span_boundary)")
 
 # Survivors that no test can kill, per module, with the reason (each is shown with its diff in the report).
 EQUIVALENT: dict[str, list[Equivalent]] = {
@@ -329,6 +339,8 @@ EQUIVALENT: dict[str, list[Equivalent]] = {
         _E("x_attention", 'float("-INF")', "float() reads '-INF' as -inf"),
         _E("xǁStaticKVǁcopy_slot", "if (upto is None) and False else upto", "`[:None]` is the whole slot, as `[:length]`"),
         _E("x_decoder_forward", "if (span is None) or True else span", "the span only bounds the work: entries past a row's position are masked out either way"),
+        _E("xǁLayerKernelsǁcompiled", "torch.compile(fn, mode=None)", "None is torch.compile's default mode; a mode changes how fast the compiled layer runs, not what it computes"),
+        _E("xǁLayerKernelsǁcompiled", "torch.compile(fn, )", "None is torch.compile's default mode; a mode changes how fast the compiled layer runs, not what it computes"),
     ],
     "engine": [
         # The prefill's bucket padding runs on CUDA only (`device.type == "cuda"`); where it runs anyway, the
@@ -387,34 +399,41 @@ EQUIVALENT: dict[str, list[Equivalent]] = {
         _E("xǁEngineǁbeam_search", "position_ids=None, cache=cache", "the LLM counts positions from its cache length, the same"),
         _E("xǁEngineǁbeam_search", "out = lm(inputs_embeds=embed(tokens[:, None]), cache=cache", "the LLM counts positions from its cache length, the same"),
         _E("xǁEngineǁstate_bytes", "torch.finfo(self.dtype).bits / 8", "bits are a multiple of 8: the float equals the int"),
-        _E("xǁEngineǁbeam_search", "cache.batch_repeat_interleave", "the first reorder (all rows from beam 0) makes the K rows anyway", removed="batch_repeat_interleave"),
         _E("x_beam_search", "candidates.topk(min(3 * K", "at most K of the first 2K candidates are EOS (one per beam), so K live ones are found either way"),
         _E("x_beam_search", "step - 1", "for length_penalty <= 0 a shorter bound length only loosens the bound (0: it is not used)"),
         _E("x_beam_search", "bound_length) < finished[-1].score", "stopping only on a strict loss: the same result, a tie goes on"),
+        # The CUDA-graph branches: taken only when the engine runs on a GPU with graphs (pytest -m gpu compares them with eager).
+        *(_E("xǁEngineǁ_run_always_on", None, _GRAPHS, removed=line, cpu_only=True) for line in (
+            "out = []", "top = self.batch_sizes[-1]", "for start in range(0, len(slots), top):",
+            "part = list(slots[start : start + top])", "out.append(self._replay_always_on(", "return np.concatenate(out)")),
+        *(_E("xǁEngineǁ_llm_decode", None, _GRAPHS, removed=line, cpu_only=True) for line in (
+            "graph, buffers = self._decode_graph(span)", 'buffers["token"].fill_(token_id)',
+            'buffers["position"].fill_(conv.llm_length)', "next_id = int(graph())")),
+        _E("xǁEngineǁ_run_always_on", None, _SLICE_OR_GATHER, removed="consecutive = list(slots) =="),
+        _E("xǁEngineǁ_run_always_on", "if (consecutive) and False else", _SLICE_OR_GATHER),
+        _E("xǁEngineǁ_always_on", "slots = rows if (gather) and False else", "_slot_index is arange(max_streams): indexing it with the row tensor gives the rows"),
+        _E("xǁEngineǁ_always_on", "self.gate_kv, rows, )", _KERNELS),
+        _E("xǁEngineǁ_always_on", "dim=+1)[:, 1]", "the logits are [b, 2]: dim 1 is the last"),
+        _E("xǁEngineǁ_llm_decode", "span = None", _WIDER_SPAN),
+        _E("xǁEngineǁ_llm_decode", "self._span(conv.llm_length + 2)", _WIDER_SPAN),
+        _E("xǁEngineǁ_llm_decode", "self._decode_token(token, position, None)", _WIDER_SPAN),
+        _E("xǁEngineǁ_llm_extend", "self._llm_kv, span=None)", _WIDER_SPAN),
+        _E("xǁEngineǁ_llm_extend", "self._llm_kv, )", _WIDER_SPAN),
+        _E("xǁEngineǁ_llm_extend", "DynamicCache(config=None)", "without a config the cache holds full-attention layers, which the tiny LLM (no sliding window) has"),
+        _E("xǁEngineǁ_llm_extend", "positions = None", "the LLM counts positions from its cache length, the same"),
+        _E("xǁEngineǁ_llm_extend", "position_ids=None, cache=self._llm_cache", "the LLM counts positions from its cache length, the same"),
+        _E("xǁEngineǁ_llm_extend", "out = lm(inputs_embeds=embeds, cache=self._llm_cache", "the LLM counts positions from its cache length, the same"),
+        _E("xǁEngineǁ_llm_extend", "cache=self._llm_cache, use_cache=None", _CACHE_FLAG),
+        _E("xǁEngineǁ_llm_extend", "cache=self._llm_cache, use_cache=False", _CACHE_FLAG),
+        _E("xǁEngineǁ_llm_extend", "cache=self._llm_cache, logits_to_keep=1)", _CACHE_FLAG),
+        _E("xǁEngineǁ_llm_extend", "use_cache=True, logits_to_keep=2)", "only the last position's logits are read"),
+        _E("xǁEngineǁ_llm_extend", "use_cache=True, )", "only the last position's logits are read"),
+        _E("xǁEngineǁ_rows", "torch.tensor(list(slots), dtype=None", "a tensor of Python ints is int64 by default"),
+        _E("xǁEngineǁ_rows", "torch.tensor(list(slots), device", "a tensor of Python ints is int64 by default"),
+        _E("xǁEngineǁopen_stream", "self.streams[slot] = None", "reset_stream replaces the placeholder at once; a None placeholder compares "
+           "with the LLM's holder like a fresh Conversation except when there is no holder, and then it sets None again"),
     ],
-    "streaming": [
-        _E("x_push_clip_chunks", "size = None", "without a chunk size everything is flushed as one chunk at the end: chunking changes no result"),
-        _E("x_push_clip_chunks", "if len(chunk) != size:", "flushing after every frame: chunks of one, the same results"),
-        _E("x_push_clip_chunks", "size = chunk_size and session.engine.chunk_size", "the engine's chunk size instead of the given one: chunking changes no result"),
-
-        _E("xǁStreamingSessionǁ_llm", "DynamicCache(config=None)", "the LLM masks its own sliding window; a cache without the config keeps full layers, which "
-           "only costs memory (tested with a sliding-window LLM)"),
-        _E("xǁStreamingSessionǁ_llm", "position = None", "the LLM counts positions from its cache length, which is llm_length"),
-        _E("xǁStreamingSessionǁ_llm", "position_ids=None", "the LLM counts positions from its cache length, which is llm_length"),
-        _E("xǁStreamingSessionǁ_llm", "inputs_embeds=embeds, cache=", "the LLM counts positions from its cache length, which is llm_length"),
-        _E("xǁStreamingSessionǁ_llm", "use_cache=None", _CACHE_FLAG),
-        _E("xǁStreamingSessionǁ_llm", "use_cache=False", _CACHE_FLAG),
-        _E("xǁStreamingSessionǁ_llm", "cache=self.llm_cache, logits_to_keep", _CACHE_FLAG),
-        _E("xǁStreamingSessionǁ_llm", "use_cache=True, )", "only the last position's logits are read"),
-        _E("xǁStreamingSessionǁ_llm", "logits_to_keep=2", "only the last position's logits are read"),
-        _E("xǁStreamingSessionǁ_prefill_gate", "dtype=None", "the ids are Python ints: torch.tensor makes int64 either way"),
-        _E("xǁStreamingSessionǁ_prefill_gate", "encode_gate_prompt(query), device", "the ids are Python ints: torch.tensor makes int64 either way"),
-        _E("xǁStreamingSessionǁ_turn_embeddings", "video_tokens.shape[+1]", "video_tokens is [k, D]: dim 1 is the last"),
-        _E("xǁStreamingSessionǁreset", "dtype=None)", "init_state takes the weights' dtype by default, which is self.dtype"),
-        _E("xǁStreamingSessionǁreset", "device=self.device, )", "init_state takes the weights' dtype by default, which is self.dtype"),
-        _E("xǁStreamingSessionǁ_respond", "user = self.pending_user if (not first) or True", "on the first turn pending_user already holds the query (reset sets it)"),
-        _E("xǁStreamingSessionǁ_respond", "self.config.max_context_tokens / 2", "a float half budget compares like the integer one with integer token counts"),
-    ],
+    "streaming": [],
     "processing": [
         _E("x_add_video_token", "AddedToken(video_token, special=", "AddedToken(special=True) and add_tokens(special_tokens=True) each make the token special; "
            "normalized only matters with a normalizer that rewrites '<video>' itself, which LLM tokenizers' do not"),
@@ -700,19 +719,35 @@ def _classified(module: str, mutant: str, diff: str) -> bool:
 
 
 def _diffs(ws: Path, mutants: list[str], path: str) -> dict[str, str]:
-    """The diff of each mutant, computed in one process inside the workspace (mutmut reads its
-    table and the mutated file from the current directory)."""
+    """The diff of each mutant against the function it mutates, read from the workspace's mutated
+    file (which holds every mutant as a function `<name>__mutmut_<n>` beside `<name>__mutmut_orig`).
+    The file is parsed once: mutmut's own `get_diff_for_mutant` parses it again for every mutant,
+    which takes minutes per mutant for the engine's."""
     if not mutants:
         return {}
-    code = (
-        "import json, sys; from pathlib import Path; from mutmut.mutation.diff_apply import get_diff_for_mutant;"
-        "names = json.loads(sys.stdin.read());"
-        "print(json.dumps({n: get_diff_for_mutant(n, path=Path(sys.argv[1])) for n in names}))"
-    )
-    out = subprocess.run([sys.executable, "-c", code, path], cwd=ws, input=json.dumps(mutants), capture_output=True, text=True)
-    if out.returncode != 0:
-        return {k: out.stderr.strip() for k in mutants}
-    return {k: v.strip() for k, v in json.loads(out.stdout).items()}
+    source = (ws / "mutants" / path).read_text()
+    lines = source.splitlines(keepends=True)
+    spans = {
+        node.name: (node.lineno, node.end_lineno)
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and "__mutmut_" in node.name
+    }
+
+    def text(name: str, shown: str) -> list[str]:
+        first, last = spans[name]
+        return [lines[first - 1].replace(f"def {name}(", f"def {shown}(", 1), *lines[first:last]]
+
+    out = {}
+    for mutant in mutants:
+        name = mutant.rpartition(".")[2]
+        base = name.rpartition("__mutmut_")[0]
+        if name not in spans or base + "__mutmut_orig" not in spans:
+            out[mutant] = f"(no function {name} in mutants/{path})"
+            continue
+        shown = base.rpartition("ǁ")[2] if "ǁ" in base else base[2:]  # xǁClassǁmethod / x_function
+        diff = difflib.unified_diff(text(base + "__mutmut_orig", shown), text(name, shown), f"{path}", f"{path}")
+        out[mutant] = "".join(diff).strip()
+    return out
 
 
 def _commit() -> str:

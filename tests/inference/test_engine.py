@@ -263,6 +263,45 @@ def test_beam_search_scores_with_the_given_penalty_and_closes_at_the_processors_
     assert [(h.ids, h.finished) for h in hyps][0] == ([], True) and all(len(h.ids) == 1 and not h.finished for h in hyps[1:])
 
 
+def test_greedy_decoding_across_an_attention_span_boundary(tiny_tokenizer):
+    """The LLM context is read in spans of 1,024 positions: a prompt of 1,020 tokens and 8 greedy
+    tokens cross from the first span into the second; every token equals the argmax of a plain
+    forward over everything before it (the token written at position 1,024 must see itself)."""
+    model, processor = make_tiny(tiny_tokenizer, max_context_tokens=1100)
+    lm = model.language_model
+    g = torch.Generator().manual_seed(5)
+    embeds = lm.get_input_embeddings().weight[torch.randint(0, lm.config.vocab_size, (1, 1020), generator=g)].detach()
+    processor.eos_token_id = -1  # no early stop: all 8 tokens are decoded
+    ids = Engine(model, processor).generate(embeds, max_new_tokens=8)
+    with torch.inference_mode():
+        expected, current = [], embeds
+        for _ in range(8):
+            expected.append(int(lm(inputs_embeds=current, use_cache=False).logits[0, -1].argmax()))
+            current = torch.cat([current, lm.get_input_embeddings()(torch.tensor([expected[-1:]]))], dim=1)
+    assert ids == expected
+
+
+def test_push_clip_chunks_uses_the_chunk_size_it_is_given():
+    """push_clip_chunks calls push_clip with `chunk_size` frames at a time (the last call with the
+    rest), and with the session's chunk size when none is given."""
+
+    class Recorder:
+        chunk_size = 3
+
+        def __init__(self):
+            self.calls = []
+
+        def push_clip(self, frames, times):
+            self.calls.append(list(times))
+            return []
+
+    frames = [(i / 2, np.zeros((2, 2, 3), np.uint8)) for i in range(5)]
+    given, default = Recorder(), Recorder()
+    assert push_clip_chunks(given, frames, chunk_size=2) == [] and push_clip_chunks(default, frames) == []
+    assert given.calls == [[0.0, 0.5], [1.0, 1.5], [2.0]]
+    assert default.calls == [[0.0, 0.5, 1.0], [1.5, 2.0]]
+
+
 def test_push_clip_keeps_the_newest_turn_frames_and_works_in_any_slot(tiny_tokenizer):
     """Chunks longer than the turn memory keep its newest max_turn_frames tokens (the parallel
     path's tokens), across chunks too, in a stream's own slot (not slot 0)."""
