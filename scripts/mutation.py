@@ -161,6 +161,7 @@ _PACKED = ("position ids that restart at 0 after the left padding make transform
            "(packed sequences), so the explicit mask is redundant")
 _CACHE_FLAG = "transformers 5 updates a cache passed explicitly whatever use_cache says, and config.use_cache is True"
 _UNUSED_CACHE = "use_cache only makes the decoder also return a cache, which is dropped"
+_INT_LOG = "torch.log promotes the integer 1..N to the default float dtype: the same values are copied into A_log"
 _GRAPHS = "the CUDA-graph branch: only an engine on a GPU with graphs takes it (the GPU tests compare graphs with eager)"
 _SLICE_OR_GATHER = ("a wrong `consecutive` only sends consecutive slots down the gather path, which gives the same values "
                     "(the tests step slots in and out of order); a slice is never taken for non-consecutive slots")
@@ -185,6 +186,9 @@ EQUIVALENT: dict[str, list[Equivalent]] = {
         _E("xǁMambaMixerǁforward", "if (state is not None) or True", "the final conv state is computed but not used without a state"),
         _E("xǁMambaMixerǁstep", "chunk(2, dim=+1)", "in_proj(x) is [B, 2 Din]: dim 1 is the last"),
         _E("xǁPerceptionEncoderǁstep", "feature.shape[+1]", "the 2-D check before it makes dim 1 the last"),
+        _E("xǁMambaMixerǁinit_weights", "torch.arange(1, self.d_state + 1, dtype=None", _INT_LOG),
+        _E("xǁMambaMixerǁinit_weights", "torch.arange(1, self.d_state + 1, device=device)", _INT_LOG),
+        _E("xǁMambaMixerǁinit_weights", "torch.log(A).expand(-1))", "copy_ broadcasts the [N] row over the Din channels, as the explicit expand does"),
     ],
     "ops.selective_scan": [
         _E("x_*", "BDTN,BDN,BNT->BDT", "einsum accepts upper-case subscripts"),

@@ -214,8 +214,27 @@ def test_init_weights_follows_mamba():
     dt = F.softplus(mixer.dt_proj.bias.data)
     assert dt.min() >= 0.001 * (1 - 1e-4) and dt.max() <= 0.1 * (1 + 1e-4)
     bound = mixer.dt_rank**-0.5
-    assert mixer.dt_proj.weight.abs().max() <= bound
+    w = mixer.dt_proj.weight
+    # U(-R^-0.5, R^-0.5) over 128 weights: within the bound and spanning it (both signs near it).
+    assert w.abs().max() <= bound and w.max() > 0.9 * bound and w.min() < -0.9 * bound
     assert mixer.dt_proj.bias._no_reinit
+
+
+@torch.no_grad()
+def test_an_encoder_without_the_block_maps_each_frame_alone_with_an_empty_state(features):
+    """temporal="none": the state is [B, 0, 0] (conv and SSM alike), `step` returns the same token
+    as `forward` for each frame whatever came before, and leaves the state as it was."""
+    torch.manual_seed(0)
+    encoder = PerceptionEncoder(VISION_DIM, D_MODEL, temporal="none")
+    state = encoder.init_state(2)
+    assert encoder.block is None and encoder.d_inner == 0
+    assert tuple(state.conv_state.shape) == (2, 0, 0) and tuple(state.ssm_state.shape) == (2, 0, 0)
+    x = features[:2]
+    parallel = encoder(x)
+    for t in range(x.shape[1]):
+        token, state = encoder.step(x[:, t], state)
+        torch.testing.assert_close(token, parallel[:, t], atol=ATOL, rtol=0)
+    assert tuple(state.conv_state.shape) == (2, 0, 0) and tuple(state.ssm_state.shape) == (2, 0, 0)
 
 
 def test_init_weights_is_deterministic_given_the_rng(encoder):
