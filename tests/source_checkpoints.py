@@ -25,7 +25,7 @@ LLM = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attent
 # The original gate: MistralConfig() defaults except its sizes (tiny here) and vocabulary 2.
 GATE = dict(vocab_size=2, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-6, rope_theta=1e4)
 # EPFE sizes deliberately off the defaults, so the converter must read them from the shapes.
-D_STATE, D_CONV, EXPAND, DT_RANK = 4, 3, 2, 4
+D_STATE, D_CONV, EXPAND, DT_RANK = 4, 3, 3, 4
 CLS = PROJECTOR_PREFIX + "cls_net.cls_model."
 MIXER = PROJECTOR_PREFIX + "mamba_model.ssms.0.mixer."
 GATE_HEADS = GATE["num_attention_heads"]

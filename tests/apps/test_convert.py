@@ -350,7 +350,7 @@ def test_conversion_errors_say_what_and_why(tmp_path, base_tokenizer):
         load_streammind_original(src, dtype=torch.float32, gate_heads=GATE_HEADS, progress=False)
     message = str(exc.value)
     assert f"1 unmapped source key(s): {far} (-> language_model.{far}, not in the target model)" in message
-    assert f"1 shape mismatch(es): {MIXER}D [7] -> perception.block.mixer.D [64]" in message
+    assert f"1 shape mismatch(es): {MIXER}D [7] -> perception.block.mixer.D [96]" in message
     src, _ = make_original(tmp_path / "c", base_tokenizer, "bin", inner="proj.")
     pre = PROJECTOR_PREFIX + "pre_net."
     with pytest.raises(ConversionError, match="supported: " + ", ".join(f"{pre}{i}{{weight,bias}}" for i in ("fc3.", "fc.", "linear.", "")).replace(".", r"\.").replace("{", r"\{").replace("}", r"\}")):
