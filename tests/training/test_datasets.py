@@ -402,3 +402,17 @@ def test_collator_pads_every_key_by_value():
     with pytest.raises(ValueError, match="gate labels need the gate window"):
         StreamCollator(pad_token_id=3)([a, b])
     assert "gate_segment_frames" not in StreamCollator(pad_token_id=3)([{k: v for k, v in a.items() if k != "gate_labels"}])
+
+
+def test_the_collator_of_a_model_takes_its_padding_and_gate_window(tiny_tokenizer):
+    """from_processor reads the processor's padding id and the config's gate window; a model
+    without a gate (the per-frame-LLM baseline's config has no window) gets no window."""
+    from streammind.modeling_perframe import PerFrameLLMConfig
+    from tests.helpers import make_tiny
+
+    _, processor = make_tiny(tiny_tokenizer, gate_window=5)
+    collate = StreamCollator.from_processor(processor)
+    assert (collate.pad_token_id, collate.gate_window) == (processor.pad_token_id, 5)
+    processor.config = PerFrameLLMConfig()
+    assert not hasattr(processor.config, "gate_context_window")
+    assert StreamCollator.from_processor(processor).gate_window is None
