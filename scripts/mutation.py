@@ -157,8 +157,6 @@ class Equivalent:
 
 _E = Equivalent
 _ROPE = "the gate and the LLM use RoPE, which depends only on position differences; padding is masked out"
-_PACKED = ("position ids that restart at 0 after the left padding make transformers build the same block mask "
-           "(packed sequences), so the explicit mask is redundant")
 _CACHE_FLAG = "transformers 5 updates a cache passed explicitly whatever use_cache says, and config.use_cache is True"
 _UNUSED_CACHE = "use_cache only makes the decoder also return a cache, which is dropped"
 _INT_LOG = "torch.log promotes the integer 1..N to the default float dtype: the same values are copied into A_log"
