@@ -193,10 +193,15 @@ def test_a_stream_that_stalls_ends_with_the_read_timeout(model_dir, tmp_path, ca
 
 def test_ctrl_c_stops_a_source_that_never_answers(model_dir, silent_server, tmp_path):
     stats = tmp_path / "stats.json"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    # PYTHONFAULTHANDLER: if the command hangs, SIGABRT makes it print every thread's stack (below).
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
     command = [sys.executable, "-m", "streammind", *_stream(model_dir, f"http://127.0.0.1:{silent_server.port}/live.mp4",
                                                                   "--open-timeout", "60", "--read-timeout", "60", "--stats", stats)]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Started as a terminal starts a foreground command: SIGINT at its default. A process that
+    # inherits SIGINT ignored (a job sent to the background by a script, nohup) keeps ignoring
+    # it, as every Unix program does; a test suite run that way must not decide this test.
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert silent_server.connected.wait(60), "the command never connected"
         time.sleep(0.3)
@@ -204,7 +209,12 @@ def test_ctrl_c_stops_a_source_that_never_answers(model_dir, silent_server, tmp_
         process.send_signal(signal.SIGINT)
         # Without the interrupt the command would wait out its 60 s timeouts; the bound leaves room
         # for a loaded machine (the interpreter's exit with torch loaded takes seconds there).
-        _, err = process.communicate(timeout=45)
+        try:
+            _, err = process.communicate(timeout=45)
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGABRT)
+            _, err = process.communicate(timeout=30)
+            pytest.fail(f"no exit 45 s after Ctrl-C; the command's threads:\n{err[-8000:]}")
         assert time.monotonic() - interrupted < 30
     finally:
         if process.poll() is None:
