@@ -807,7 +807,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--unbundle", type=Path, help="unpack a bundle into runs/mutation/ and write the report from it; run nothing")
     args = parser.parse_args(argv)
     if args.unbundle:
-        report(unbundle(args.unbundle) if not args.modules else args.modules, args.report)
+        names = unbundle(args.unbundle)
+        report(args.modules or names, args.report)
         return 0
     if args.jobs < 1:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
