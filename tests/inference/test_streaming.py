@@ -41,6 +41,18 @@ def stream(session, frames, fps=2.0):
     return replies
 
 
+def play(session, events, fps=2.0):
+    """Frames and joining queries (strings) in order; the push result of every frame (None when
+    silent), frame k at time k / fps."""
+    results = []
+    for event in events:
+        if isinstance(event, str):
+            session.add_query(event)
+        else:
+            results.append(session.push(event, len(results) / fps))
+    return results
+
+
 def test_streaming_equals_parallel_when_silent(tiny):
     model, processor = tiny
     frames = random_frames(12)
@@ -267,15 +279,9 @@ def test_streamed_dialogue_equals_the_rendered_conversation(tiny_tokenizer, scen
         overrides = dict(max_context_tokens=240, max_reply_tokens=3, max_turn_frames=1)
     model, processor = peaked(make_tiny(tiny_tokenizer, **overrides))
     session = StreamingSession(model, processor, query=QUERY, threshold=0.0, max_new_tokens=max_new)
-    streamed, t = [], 0
-    for event in events:
-        if isinstance(event, str):
-            session.add_query(event)
-        else:
-            reply = session.push(event, t / 2)
-            assert reply is not None and reply.frame_index == t and reply.time == t / 2
-            streamed.append(reply.text)
-            t += 1
+    replies = play(session, events)
+    assert all(reply is not None and reply.frame_index == t and reply.time == t / 2 for t, reply in enumerate(replies))
+    streamed = [reply.text for reply in replies]
     assert session.stats.replies == len(frames) == session.stats.frames and session.llm_length <= overrides["max_context_tokens"]
     with torch.no_grad():
         expected, kept, length = reference_dialogue(model, processor, frames, [QUERY, *events], max_new=max_new or 3,
@@ -299,12 +305,7 @@ def test_eviction_at_every_budget_near_the_boundaries(tiny_tokenizer):
     for budget in [*range(118, 168, 3), 184, 185]:  # 184 and 185: a kept turn fills its bound exactly
         model.config.max_context_tokens = processor.config.max_context_tokens = budget
         session = StreamingSession(model, processor, query=QUERY, threshold=0.0)
-        streamed = []
-        for event in events:
-            if isinstance(event, str):
-                session.add_query(event)
-            else:
-                streamed.append(session.push(event, len(streamed) / 2).text)
+        streamed = [reply.text for reply in play(session, events)]
         with torch.no_grad():
             expected, kept, length = reference_dialogue(model, processor, frames, [QUERY, *events], max_new=3, budget=budget)
         assert (streamed, session.stats.llm_rebuilds, session.llm_length) == (expected, len(kept), length), budget
@@ -324,12 +325,7 @@ def test_a_turn_longer_than_half_the_budget_keeps_room_for_itself(tiny_tokenizer
     # The turn after "Count them." can re-open the conversation with its own short text.
     events = [*frames[:3], "Count them.", frames[3], long_query, *frames[4:]]
     session = StreamingSession(model, processor, query=QUERY, threshold=0.0)
-    streamed = []
-    for event in events:
-        if isinstance(event, str):
-            session.add_query(event)
-        else:
-            streamed.append(session.push(event, len(streamed) / 2).text)
+    streamed = [reply.text for reply in play(session, events)]
     with torch.no_grad():
         expected, kept, length = reference_dialogue(model, processor, frames, [QUERY, *events], max_new=3, budget=200)
     assert streamed == expected and session.stats.llm_rebuilds == len(kept) >= 1 and session.llm_length == length <= 200
